@@ -25,10 +25,8 @@ from typing import Any
 
 import numpy as np
 
-AUDIOGRAM_CFS: tuple[int, ...] = (250, 500, 1000, 2000, 3000, 4000, 6000, 8000)
-"""Audiogram frequencies of CAD2 listeners (Hz)."""
-COMPRESSOR_CFS: tuple[int, ...] = (250, 500, 1000, 2000, 4000, 8000)
-"""Centre frequencies of the CAD2 compressor's six bands, as labelled in the metadata (Hz)."""
+from model.cad2 import AUDIOGRAM_CFS, COMPRESSOR_CFS
+
 EVALUATION_CFS: tuple[int, ...] = (250, 500, 1000, 2000, 4000, 6000)
 """Frequencies at which the organisers read the CAMFIT table for those six bands (Hz)."""
 

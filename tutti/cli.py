@@ -30,6 +30,137 @@ def _baseline(args: argparse.Namespace) -> None:
     print(f"{args.system}: {len(paths)} file(s) in {args.out}")
 
 
+DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "models"
+"""Shipped default models: ``models/noncausal`` and ``models/causal``."""
+
+
+def _model_dir(args: argparse.Namespace) -> Path:
+    if args.model is not None:
+        return args.model
+    return DEFAULT_MODELS / ("causal" if args.causal else "noncausal")
+
+
+def parse_audiogram(text: str) -> tuple[list[float], list[float]]:
+    """``"L:45,45,35,45,60,65,70,65;R:40,40,45,45,60,65,80,80"`` -> (left, right) dB HL.
+
+    A single list without ``L:``/``R:`` applies to both ears.
+    """
+    ears: dict[str, list[float]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        side, _, values = part.rpartition(":")
+        side = side.strip().upper() or "LR"
+        if side not in ("L", "R", "LR"):
+            raise ValueError(f"audiogram: unknown ear {side!r} (use L: and R:)")
+        try:
+            levels = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"audiogram: {values!r} is not a comma-separated list of dB HL") from None
+        for ear in side:
+            ears[ear] = levels
+    if set(ears) != {"L", "R"}:
+        raise ValueError("audiogram: give both ears, e.g. 'L:45,45,...;R:40,40,...'")
+    return ears["L"], ears["R"]
+
+
+def parse_gains(text: str) -> dict[str, float]:
+    """``"Violin_1=+6,Cello=-3"`` -> ``{"Violin_1": 6.0, "Cello": -3.0}``."""
+    from model.cad2 import slot_of
+
+    gains: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"gains: {part!r} is not NAME=DB")
+        slot_of(name)
+        try:
+            gains[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"gains: {value!r} for {name!r} is not a number of dB") from None
+    return gains
+
+
+def _listener(args: argparse.Namespace):
+    """(audiogram (2, 8), ratio (2, 6), makeup (2, 6)) from --audiogram or --listener files."""
+    import json
+
+    import numpy as np
+
+    from model.cad2 import CompressorParams
+    from model.prescription import prescribe
+
+    if args.audiogram:
+        left, right = parse_audiogram(args.audiogram)
+        params = prescribe(left, right)
+    elif args.listener:
+        if not (args.listeners and args.compressor):
+            raise ValueError("--listener needs --listeners FILE and --compressor FILE")
+        listeners = json.loads(Path(args.listeners).read_text())
+        compressor = json.loads(Path(args.compressor).read_text())
+        if args.listener not in listeners or args.listener not in compressor:
+            raise ValueError(f"listener {args.listener!r} is not in {args.listeners} and "
+                             f"{args.compressor}")
+        entry = listeners[args.listener]
+        left, right = entry["audiogram_levels_l"], entry["audiogram_levels_r"]
+        params = compressor[args.listener]
+    else:
+        raise ValueError(
+            "give the listener: --audiogram, or --listener with --listeners and --compressor")
+    comp = CompressorParams(*(tuple(params[k]) for k in ("cr_l", "gain_l", "cr_r", "gain_r")))
+    ratio, makeup = comp.as_arrays()
+    return np.array([left, right], dtype=float), ratio, makeup
+
+
+def _rebalance(args: argparse.Namespace) -> None:
+    import numpy as np
+    import pyloudnorm as pyln
+
+    from model.apply import Request, load_model, rebalance
+    from model.audio import SAMPLE_RATE, check_signal, read_audio, resample, write_audio
+
+    gains = parse_gains(args.gains)
+    audiogram, ratio, makeup = _listener(args)
+    present = [p.strip() for p in args.instruments.split(",")] if args.instruments else None
+    request = Request.from_gains(gains, audiogram, ratio, makeup, present=present)
+    signal, rate = read_audio(args.input, scale_sidecar=False)
+    check_signal(signal, name=str(args.input), channels=(1, 2))
+    if signal.shape[0] == 1:
+        signal = np.repeat(signal, 2, axis=0)
+    signal = resample(signal, rate, SAMPLE_RATE)
+    loudness = pyln.Meter(SAMPLE_RATE).integrated_loudness(signal.T.astype(np.float64))
+    if np.isfinite(loudness):
+        signal = signal * 10 ** ((args.lufs - loudness) / 20)
+    model = load_model(_model_dir(args))
+    out = rebalance(model, signal.astype(np.float32), request, progress=True)
+    write_audio(args.out, out, SAMPLE_RATE)
+    print(f"wrote {args.out}")
+
+
+def _enhance(args: argparse.Namespace) -> None:
+    from model.apply import load_model
+    from model.batch import model_system, run_batch
+
+    model = load_model(_model_dir(args))
+    paths = run_batch(args.root, args.split, args.out, model_system(model), limit=args.limit,
+                      desc="enhance")
+    print(f"enhance: {len(paths)} file(s) in {args.out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.train import load_config, train
+
+    run_dir = train(load_config(args.config, args.overrides))
+    print(f"run folder: {run_dir}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from model.apply import load_model
+
+    model = load_model(args.run / "best" if (args.run / "best").is_dir() else args.run)
+    model.save_pretrained(args.out, safe_serialization=True)
+    print(f"exported {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -55,6 +186,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="process only the first N pairs")
     p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("rebalance", help="rebalance one recording for one listener")
+    p.add_argument("input", type=Path, help="WAV/FLAC/OGG, any sample rate, mono or stereo")
+    p.add_argument("--gains", required=True, help='e.g. "Violin_1=+6,Cello=-3" (dB)')
+    p.add_argument("--instruments", default=None,
+                   help="the ensemble, e.g. Violin_1,Violin_2,Viola,Cello (default: those in "
+                        "--gains)")
+    p.add_argument("--audiogram", default=None,
+                   help='"L:45,45,35,45,60,65,70,65;R:40,40,45,45,60,65,80,80" (dB HL at 250, '
+                        '500, 1k, 2k, 3k, 4k, 6k, 8k Hz)')
+    p.add_argument("--listener", default=None, help="listener id in --listeners/--compressor")
+    p.add_argument("--listeners", type=Path, default=None, help="CAD2 listeners JSON")
+    p.add_argument("--compressor", type=Path, default=None, help="CAD2 compressor_params JSON")
+    p.add_argument("--out", type=Path, required=True, help="output file (FLAC/WAV, 44.1 kHz)")
+    p.add_argument("--causal", action="store_true", help="use the causal (live) model")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
+    p.add_argument("--lufs", type=float, default=-40.0, help="input level the model expects")
+    p.set_defaults(func=_rebalance)
+
+    p = sub.add_parser("enhance", help="the challenge batch job over a CAD2 split")
+    p.add_argument("root", type=Path)
+    p.add_argument("--split", default="valid")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=_enhance)
+
+    p = sub.add_parser("train", help="train a model from a conf/*.yaml config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="copy a run's best model to a model folder")
+    p.add_argument("run", type=Path, help="run folder (or a model folder)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -1,0 +1,125 @@
+"""Apply a Tutti model to whole recordings of any length.
+
+Non-causal: overlapping chunks cross-faded (overlap-add) before the hearing aid. Causal: the
+stateful stream over chunks, which equals one offline causal pass. The hearing aid then runs
+over the whole remix. Signals are numpy ``(2, samples)`` at 44.1 kHz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.cad2 import SLOTS, slot_of
+from model.tutti import Listener, TuttiModel
+
+
+@dataclass
+class Request:
+    """What to do: gains per slot (dB), which slots are present, and the listener.
+
+    ``gains_db``/``presence``: ``(12,)`` over :data:`model.cad2.SLOTS`; ``audiogram (2, 8)`` dB
+    HL; ``ratio``/``makeup_db (2, 6)``.
+    """
+
+    gains_db: np.ndarray
+    presence: np.ndarray
+    audiogram: np.ndarray
+    ratio: np.ndarray
+    makeup_db: np.ndarray
+
+    @classmethod
+    def from_gains(cls, gains: dict[str, float], audiogram, ratio, makeup_db,
+                   present: list[str] | None = None) -> Request:
+        """Build from ``{instrument name: dB}`` (names like ``Violin_1``, ``cello``).
+
+        ``present`` lists the ensemble's instruments; by default those named in ``gains``.
+        """
+        gains_db = np.zeros(len(SLOTS))
+        presence = np.zeros(len(SLOTS))
+        for name in present or list(gains):
+            presence[SLOTS.index(slot_of(name))] = 1.0
+        for name, value in gains.items():
+            idx = SLOTS.index(slot_of(name))
+            gains_db[idx] = float(value)
+            presence[idx] = 1.0
+        return cls(gains_db, presence, np.asarray(audiogram, float), np.asarray(ratio, float),
+                   np.asarray(makeup_db, float))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, Listener]:
+        """Batched (B=1) tensors for the model."""
+        def t(a):
+            return torch.as_tensor(np.asarray(a), dtype=torch.float32)[None]
+        return t(self.gains_db), t(self.presence), Listener(t(self.audiogram), t(self.ratio),
+                                                              t(self.makeup_db))
+
+
+def load_model(path: str | Path, device: str = "cpu") -> TuttiModel:
+    """Load a saved model folder (``config.json`` + ``model.safetensors``), offline."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json (not a Tutti model folder)")
+    model = TuttiModel.from_pretrained(str(path), local_files_only=True)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def remix(model: TuttiModel, mixture: np.ndarray, request: Request, chunk_seconds: float = 20.0,
+          overlap_seconds: float = 1.0, progress: bool = False) -> np.ndarray:
+    """The rebalanced remix before the hearing aid, ``(2, samples)`` float32."""
+    cfg = model.config
+    block = cfg.block
+    device = next(model.parameters()).device
+    gains, presence, listener = request.tensors()
+    gains, presence = gains.to(device), presence.to(device)
+    listener = Listener(*(x.to(device) for x in (listener.audiogram, listener.ratio,
+                                                  listener.makeup_db)))
+    length = mixture.shape[-1]
+    chunk = max(block, int(chunk_seconds * cfg.sample_rate) // block * block)
+    x = torch.from_numpy(np.ascontiguousarray(mixture, dtype=np.float32))[None].to(device)
+    x = torch.nn.functional.pad(x, (0, (-length) % block))
+    total = x.shape[-1]
+    if cfg.causal:
+        out, state = [], None
+        for start in tqdm(range(0, total, chunk), disable=not progress, desc="rebalance"):
+            y, state = model.remix(x[..., start : start + chunk], gains, presence, listener, state)
+            out.append(y)
+        return torch.cat(out, dim=-1)[0, :, :length].cpu().numpy()
+
+    overlap = min(chunk // 2, int(overlap_seconds * cfg.sample_rate) // block * block)
+    hop = chunk - overlap
+    out = torch.zeros_like(x)
+    weight = torch.zeros(total, device=device)
+    fade = torch.ones(chunk, device=device)
+    if overlap:
+        ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
+        fade[:overlap], fade[-overlap:] = ramp, ramp.flip(0)
+    starts = list(range(0, max(total - overlap, 1), hop))
+    for start in tqdm(starts, disable=not progress, desc="rebalance"):
+        piece = x[..., start : start + chunk]
+        y, _ = model.remix(piece, gains, presence, listener)
+        n = piece.shape[-1]
+        w = fade[:n]  # un-overlapped edges are restored by the division below
+        out[..., start : start + n] += y * w
+        weight[start : start + n] += w
+    return (out / weight.clamp(min=1e-8))[0, :, :length].cpu().numpy()
+
+
+def rebalance(model: TuttiModel, mixture: np.ndarray, request: Request,
+              progress: bool = False) -> np.ndarray:
+    """Hearing-aid output ``(2, samples)`` for a 44.1 kHz stereo mixture ``(2, samples)``."""
+    mixed = remix(model, mixture, request, progress=progress)
+    return hearing_aid(model, mixed, request)
+
+
+@torch.no_grad()
+def hearing_aid(model: TuttiModel, signal: np.ndarray, request: Request) -> np.ndarray:
+    """The model's hearing-aid layer on ``(2, samples)`` with the request's listener."""
+    x = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float64))[None]
+    ratio = torch.as_tensor(request.ratio, dtype=torch.float64)[None]
+    makeup = torch.as_tensor(request.makeup_db, dtype=torch.float64)[None]
+    return model.hearing_aid(x, ratio, makeup)[0].numpy()

@@ -1,0 +1,203 @@
+"""Building blocks of the Tutti network, each usable offline and as a stateful stream.
+
+Every layer takes ``(x, state)`` and returns ``(y, new_state)``. Offline processing is one call
+with ``state=None``; a causal stream feeds consecutive chunks and carries the state, and gives the
+same output as the offline call (the offline call *is* the first step of a stream). Non-causal
+layers ignore the state. Tensors are ``(batch, channels, frames)`` unless noted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class FiLM(nn.Module):
+    """Feature-wise affine modulation from a conditioning vector ``(B, cond_dim)``."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        scale, shift = self.proj(cond).unsqueeze(-1).chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+
+class StreamConv1d(nn.Module):
+    """Conv1d whose padding is causal (left, carried as state) or centred (non-causal).
+
+    With ``kernel = 2 * stride`` a causal output frame ``k`` sees input ``< (k + 1) * stride``.
+    Input length must be a multiple of ``stride``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, *, causal: bool,
+                 groups: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride, groups=groups)
+        self.causal = causal
+        self.context = kernel - stride
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if not self.causal:
+            left = self.context // 2
+            return self.conv(F.pad(x, (left, self.context - left))), None
+        if state is None:
+            state = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        x = torch.cat([state, x], dim=-1)
+        new_state = x[..., x.shape[-1] - self.context:] if self.context else state
+        return self.conv(x), new_state
+
+
+class StreamConvTranspose1d(nn.Module):
+    """Transposed conv with ``kernel = 2 * stride`` as a 1x1 conv plus overlap-add.
+
+    Each input frame yields ``2 * stride`` output samples spread over its own block and the next
+    (causal: the spill-over into the next call is carried as state) or centred (non-causal).
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, *, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Conv1d(c_in, 2 * stride * c_out, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.stride = stride
+        self.c_out = c_out
+        self.causal = causal
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        s = self.stride
+        frames = rearrange(self.proj(x), "b (c two s) t -> b two c (t s)", two=2, s=s)
+        head, spill = frames[:, 0], frames[:, 1]  # own block, next block
+        y = head + F.pad(spill, (s, 0))[..., : head.shape[-1]]
+        tail = spill[..., -s:]
+        if not self.causal:
+            y = torch.cat([y, tail], dim=-1)
+            left = s // 2
+            return y[..., left : left + head.shape[-1]] + self.bias[:, None], None
+        if state is not None:
+            y = torch.cat([y[..., :s] + state, y[..., s:]], dim=-1)
+        return y + self.bias[:, None], tail
+
+
+class EncoderLayer(nn.Module):
+    """Downsample by ``stride``: conv(kernel 2*stride) -> FiLM -> GELU -> 1x1 conv -> GLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int, *, causal: bool):
+        super().__init__()
+        self.down = StreamConv1d(c_in, c_out, 2 * stride, stride, causal=causal)
+        self.film = FiLM(cond_dim, c_out)
+        self.mix = nn.Conv1d(c_out, 2 * c_out, 1)
+
+    def forward(self, x: Tensor, cond: Tensor, state: Tensor | None = None):
+        y, state = self.down(x, state)
+        y = F.gelu(self.film(y, cond))
+        return F.glu(self.mix(y), dim=1), state
+
+
+class DecoderLayer(nn.Module):
+    """Upsample by ``stride``: context conv(3) -> FiLM -> GLU -> transposed conv (-> GELU)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int, *, causal: bool,
+                 last: bool = False):
+        super().__init__()
+        self.context = StreamConv1d(c_in, 2 * c_in, 3, causal=causal)
+        self.film = FiLM(cond_dim, 2 * c_in)
+        self.up = StreamConvTranspose1d(c_in, c_out, stride, causal=causal)
+        self.last = last
+
+    def forward(self, x: Tensor, cond: Tensor, state: tuple | None = None):
+        s_ctx, s_up = state if state is not None else (None, None)
+        y, s_ctx = self.context(x, s_ctx)
+        y = F.glu(self.film(y, cond), dim=1)
+        y, s_up = self.up(y, s_up)
+        if not self.last:
+            y = F.gelu(y)
+        return y, (s_ctx, s_up)
+
+
+class LocalAttention(nn.Module):
+    """Multi-head self-attention over a local window of frames.
+
+    Causal: frame ``i`` attends to frames ``(i - window, i]`` and keeps the last ``window`` keys
+    and values as state. Non-causal: frames ``[i - window, i + window]``. Input ``(B, T, D)``.
+    """
+
+    def __init__(self, dim: int, heads: int, window: int, *, causal: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.causal = causal
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.heads)
+        w, n = self.window, q.shape[2]
+        blocks = -(-n // w)
+        if self.causal:
+            # Keys/values: the last (up to) w of the past, then the new ones; left-padded to w.
+            if state is not None:
+                k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)
+            past = k.shape[2] - n
+            new_state = (k[:, :, -w:], v[:, :, -w:])
+            left, span = w - past, 2 * w
+        else:
+            past, new_state = 0, None
+            left, span = w, 3 * w
+        right = blocks * w + span - w - (left + k.shape[2])
+        valid = F.pad(torch.ones(k.shape[2], dtype=torch.bool, device=x.device), (left, right))
+        k, v = (F.pad(t, (0, 0, left, right)) for t in (k, v))
+        # Block b holds queries [b*w, (b+1)*w) and the keys they may see (unfolded windows).
+        q = rearrange(F.pad(q, (0, 0, 0, blocks * w - n)), "b h (n w) d -> b h n w d", w=w)
+        k, v = (rearrange(t.unfold(2, span, w), "b h n d s -> b h n s d") for t in (k, v))
+        valid = valid.unfold(0, span, w)  # (blocks, span)
+        a = torch.arange(w, device=x.device)[:, None]
+        c = torch.arange(span, device=x.device)[None, :]
+        rel = c - a  # key offset relative to the query's own key at c == a + w
+        allowed = (rel >= 1) & (rel <= w) if self.causal else (rel >= 0) & (rel <= 2 * w)
+        mask = (allowed[None] & valid[:, None, :]) | (rel == w)[None]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = rearrange(y, "b h n w d -> b (n w) (h d)")[:, :n]
+        return self.out(y), new_state
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm block: depthwise positional conv, local attention, FiLM-modulated feed-forward.
+
+    Input ``(B, D, T)``; the positional conv gives order information (no position embeddings,
+    so any length streams).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn: int, window: int, cond_dim: int, *,
+                 causal: bool) -> None:
+        super().__init__()
+        self.pos = StreamConv1d(dim, dim, 3, causal=causal, groups=dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = LocalAttention(dim, heads, window, causal=causal)
+        self.norm2 = nn.LayerNorm(dim)
+        self.film = FiLM(cond_dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
+
+    def forward(self, x: Tensor, cond: Tensor, state: tuple | None = None):
+        s_pos, s_att = state if state is not None else (None, None)
+        p, s_pos = self.pos(x, s_pos)
+        x = x + p
+        h = rearrange(x, "b d t -> b t d")
+        a, s_att = self.attn(self.norm1(h), s_att)
+        h = h + a
+        f = self.film(rearrange(self.norm2(h), "b t d -> b d t"), cond)
+        h = h + self.ffn(rearrange(f, "b d t -> b t d"))
+        return rearrange(h, "b t d -> b d t"), (s_pos, s_att)
+
+
+def sinusoid_features(values: Tensor, n: int = 8) -> Tensor:
+    """Smooth scalar features ``(..., 2n)`` for conditioning values of order 1."""
+    freqs = torch.exp2(torch.arange(n, device=values.device, dtype=values.dtype)) * math.pi / 8
+    angles = values[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)

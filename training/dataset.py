@@ -1,0 +1,156 @@
+"""On-the-fly training examples from any CAD2-layout root (rendered or real).
+
+Each example: a random segment of a random music item, a random subset (>= 2) of its stems, random
+gains (the CAD2 steps or continuous), a random listener of the split. The mixture is the sum of the
+chosen stems at about -40 LUFS; the target is the recipe's reference remix before the hearing aid
+(``adjust_level(sum(gain * stem))``). Hearing-aid parameters come along so the model's last layer
+(and a loss after it) can use them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from model.audio import SAMPLE_RATE
+from model.cad2 import GAIN_STEPS_DB, SLOTS, CAD2Split
+from model.hearing_aid import db_to_gain, level_adjustment_db
+
+
+@dataclass
+class ExampleConfig:
+    """How examples are drawn (all from ``conf/train*.yaml``)."""
+
+    seconds: float = 4.0
+    lufs: float = -40.0
+    lufs_jitter_db: float = 3.0
+    p_cad2_gains: float = 0.6
+    """Share of examples with the CAD2 gain rule; the rest draw each gain in +-``max_gain_db``."""
+    max_gain_db: float = 12.0
+    p_zero_gains: float = 0.1
+    """Share of examples with all gains 0 dB (the output must then be the mixture)."""
+    p_subset: float = 0.5
+    """Probability of dropping some stems (keeping at least 2)."""
+    p_swap_channels: float = 0.5
+
+
+def approx_lufs(signal: np.ndarray) -> float:
+    """Loudness of ``(channels, samples)`` without K-weighting or gating (LUFS, about +-2 dB on
+    music): cheap enough for every example; silent input counts as -70."""
+    power = float(np.sum(np.mean(np.square(signal, dtype=np.float64), axis=-1)))
+    return -0.691 + 10 * math.log10(power) if power > 1e-7 else -70.0
+
+
+def cad2_gains(rng: np.random.Generator, n: int) -> np.ndarray:
+    """CAD2 rule: 1..n-1 sources changed by one of the CAD2 steps, the rest 0 dB."""
+    gains = np.zeros(n)
+    changed = rng.choice(n, size=int(rng.integers(1, n)), replace=False) if n > 1 else []
+    gains[changed] = rng.choice(GAIN_STEPS_DB, size=len(changed))
+    return gains
+
+
+class RebalanceDataset(IterableDataset):
+    """Infinite stream of example dicts (tensors, float32).
+
+    Keys: ``mixture (2, T)``, ``gains_db (12,)``, ``presence (12,)``, ``audiogram (2, 8)`` dB HL,
+    ``ratio (2, 6)``, ``makeup_db (2, 6)``, ``target (2, T)`` (remix before the hearing aid).
+    """
+
+    def __init__(self, roots: list[str | Path], split: str, config: ExampleConfig | None = None,
+                 seed: int = 0) -> None:
+        self.splits = [CAD2Split(root, split) for root in roots]
+        self.config = config or ExampleConfig()
+        self.seed = seed
+        self.items = [(s, m) for s in self.splits for m in s.music]
+        if not self.items:
+            raise ValueError(f"no music in split {split!r} of {roots}")
+        self.listeners = [(s, lid) for s in self.splits for lid in s.compressor
+                          if lid in s.listeners]
+        self._frames: dict[str, int] = {}
+
+    def _n_frames(self, path: Path) -> int:
+        key = str(path)
+        if key not in self._frames:
+            self._frames[key] = sf.info(key).frames
+        return self._frames[key]
+
+    def example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Draw one example."""
+        cfg = self.config
+        split, music_id = self.items[rng.integers(len(self.items))]
+        music = split.music[music_id]
+        slots = music.slots()
+        length = int(cfg.seconds * SAMPLE_RATE)
+        source_ids = list(music.sources)
+        if len(source_ids) > 2 and rng.random() < cfg.p_subset:
+            keep = int(rng.integers(2, len(source_ids) + 1))
+            source_ids = sorted(rng.choice(source_ids, size=keep, replace=False).tolist(),
+                                key=source_ids.index)
+        paths = [split.audio_dir / music.sources[k].track for k in source_ids]
+        total = min(self._n_frames(p) for p in paths)
+        start = int(rng.integers(0, max(1, total - length)))
+        stems = np.zeros((len(paths), 2, length), dtype=np.float32)
+        for i, path in enumerate(paths):
+            data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
+                              always_2d=True)
+            stems[i, :, : data.shape[0]] = data.T
+        if rng.random() < cfg.p_swap_channels:
+            stems = stems[:, ::-1]
+        mixture = stems.sum(0)
+        loudness = approx_lufs(mixture)
+        target_lufs = cfg.lufs + rng.uniform(-cfg.lufs_jitter_db, cfg.lufs_jitter_db)
+        scale = np.float32(10 ** ((target_lufs - loudness) / 20))
+        stems *= scale
+        mixture *= scale
+
+        n = len(source_ids)
+        u = rng.random()
+        if u < cfg.p_zero_gains:
+            gains = np.zeros(n)
+        elif u < cfg.p_zero_gains + cfg.p_cad2_gains:
+            gains = cad2_gains(rng, n)
+        else:
+            gains = rng.uniform(-cfg.max_gain_db, cfg.max_gain_db, size=n)
+        gains_t = torch.from_numpy(gains)
+        factors = db_to_gain(gains_t) * db_to_gain(level_adjustment_db(gains_t))
+        target = (torch.from_numpy(stems.copy()).double() * factors[:, None, None]).sum(0)
+
+        slot_gains = torch.zeros(len(SLOTS))
+        presence = torch.zeros(len(SLOTS))
+        for k, g in zip(source_ids, gains, strict=True):
+            idx = SLOTS.index(slots[k])
+            slot_gains[idx] = float(g)
+            presence[idx] = 1.0
+
+        lsplit, listener_id = self.listeners[rng.integers(len(self.listeners))]
+        listener = lsplit.listeners[listener_id]
+        ratio, makeup = lsplit.compressor[listener_id].as_arrays()
+        return {
+            "mixture": torch.from_numpy(np.ascontiguousarray(mixture)),
+            "gains_db": slot_gains,
+            "presence": presence,
+            "audiogram": torch.tensor([listener.levels_l, listener.levels_r], dtype=torch.float32),
+            "ratio": torch.from_numpy(ratio).float(),
+            "makeup_db": torch.from_numpy(makeup).float(),
+            "target": target.float(),
+        }
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        rng = np.random.default_rng([self.seed, rank, worker])
+        while True:
+            yield self.example(rng)
+
+
+def fixed_examples(dataset: RebalanceDataset, count: int, seed: int) -> list[dict]:
+    """A reproducible list of examples (validation)."""
+    rng = np.random.default_rng(seed)
+    return [dataset.example(rng) for _ in range(count)]

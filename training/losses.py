@@ -1,0 +1,52 @@
+"""Training losses: auraloss multi-resolution STFT and sum/difference STFT, plus time-domain L1.
+
+All take ``(B, 2, T)`` estimate and target (the remix before the hearing aid, about -40 LUFS).
+"""
+
+from __future__ import annotations
+
+import auraloss
+import torch
+from torch import Tensor, nn
+
+
+class RemixLoss(nn.Module):
+    """Weighted sum of MR-STFT (per channel), sum/difference STFT and scaled L1 losses.
+
+    ``w_hearing_aid`` adds an MR-STFT loss between the two signals after the listener's hearing
+    aid (passed to :meth:`forward` as ``hearing_aid``), which weights errors as the listener
+    hears them.
+    """
+
+    def __init__(self, fft_sizes: list[int], hop_sizes: list[int], win_lengths: list[int],
+                 w_mrstft: float = 1.0, w_sum_diff: float = 0.5, w_l1: float = 10.0,
+                 w_hearing_aid: float = 0.0) -> None:
+        super().__init__()
+        self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths)
+        self.sum_diff = auraloss.freq.SumAndDifferenceSTFTLoss(fft_sizes, hop_sizes, win_lengths)
+        self.w_mrstft, self.w_sum_diff = w_mrstft, w_sum_diff
+        self.w_l1, self.w_hearing_aid = w_l1, w_hearing_aid
+
+    def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None) -> dict[str, Tensor]:
+        """Loss terms and their weighted ``total`` (scalars)."""
+        terms = {
+            "mrstft": self.mrstft(estimate, target),
+            "sum_diff": self.sum_diff(estimate, target),
+            "l1": torch.mean(torch.abs(estimate - target)) * 100.0,
+        }
+        total = (self.w_mrstft * terms["mrstft"] + self.w_sum_diff * terms["sum_diff"]
+                 + self.w_l1 * terms["l1"])
+        if self.w_hearing_aid > 0 and hearing_aid is not None:
+            terms["hearing_aid"] = self.mrstft(hearing_aid(estimate), hearing_aid(target))
+            total = total + self.w_hearing_aid * terms["hearing_aid"]
+        terms["total"] = total
+        return terms
+
+
+def si_sdr(estimate: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Scale-invariant SDR (dB) per item of ``(B, C, T)`` signals (channels concatenated)."""
+    est = estimate.flatten(1) - estimate.flatten(1).mean(-1, keepdim=True)
+    ref = target.flatten(1) - target.flatten(1).mean(-1, keepdim=True)
+    proj = (est * ref).sum(-1, keepdim=True) / ((ref * ref).sum(-1, keepdim=True) + eps) * ref
+    noise = est - proj
+    return 10 * torch.log10((proj.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))

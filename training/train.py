@@ -1,0 +1,243 @@
+"""Training loop: on-the-fly examples, AdamW with warm-up + cosine decay, gradient clipping,
+checkpoint/resume (safetensors + JSON), CSV log, periodic validation (loss, SI-SDR, HAAQI).
+
+Single process, or several with ``torchrun`` (DDP, gloo on CPU, NCCL on GPU). Configs are YAML
+files in ``conf/`` read with OmegaConf; a ``base:`` key names a file the config extends.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
+
+from model.tutti import TuttiConfig, TuttiModel
+from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
+from training.losses import RemixLoss, si_sdr
+
+hf_logging.disable_progress_bar()
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Read a YAML config (following ``base:`` chains) and apply ``key=value`` overrides."""
+    path = Path(path)
+    cfg = OmegaConf.load(path)
+    if "base" in cfg:
+        base = load_config(path.parent / str(cfg.pop("base")))
+        cfg = OmegaConf.merge(base, cfg)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    return cfg
+
+
+def build_model(cfg: DictConfig) -> TuttiModel:
+    """A fresh model from the config's ``model`` section."""
+    return TuttiModel(TuttiConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+
+
+def example_config(cfg: DictConfig) -> ExampleConfig:
+    """The dataset's example settings from the config's ``data`` section."""
+    fields = ExampleConfig.__dataclass_fields__
+    return ExampleConfig(**{k: v for k, v in cfg.data.items() if k in fields})
+
+
+def lr_at(step: int, cfg: DictConfig) -> float:
+    """Linear warm-up then cosine decay to 5% of the peak learning rate."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+    return o.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _batch(examples: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def save_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Optimizer,
+                    state: dict) -> None:
+    """Write model (safetensors + config.json), optimizer tensors and loop state; atomic swap."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entry in opt["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = {"param_groups": opt["param_groups"], "scalars": scalars, **state}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+
+
+def load_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore model and optimizer from :func:`save_checkpoint`; returns the loop state."""
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta.pop("scalars").items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
+             batch_size: int) -> dict[str, float]:
+    """Mean validation loss and SI-SDR of model vs noop (level-adjusted mixture), dB."""
+    model.eval()
+    losses, sdr, sdr_noop = [], [], []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            b = _batch(examples[i : i + batch_size])
+            est = model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
+                        b["makeup_db"], hearing_aid=False)
+            losses.append(loss_fn(est, b["target"])["total"].item())
+            sdr += si_sdr(est, b["target"]).tolist()
+            noop = model(b["mixture"], torch.zeros_like(b["gains_db"]), b["presence"],
+                         b["audiogram"], b["ratio"], b["makeup_db"], hearing_aid=False)
+            sdr_noop += si_sdr(noop, b["target"]).tolist()
+    model.train()
+    return {"valid_loss": float(np.mean(losses)), "valid_sisdr": float(np.mean(sdr)),
+            "valid_sisdr_noop": float(np.mean(sdr_noop))}
+
+
+def train(cfg: DictConfig, progress: bool = True) -> Path:
+    """Train (resuming from ``run_dir/checkpoint`` if present); returns the run folder."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+                          if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(max(1, int(cfg.train.threads) // world))
+    torch.manual_seed(int(cfg.train.seed))
+
+    run_dir = Path(os.path.expanduser(str(cfg.run_dir)))
+    ckpt = run_dir / "checkpoint"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+
+    model = build_model(cfg).to(device)
+    loss_fn = RemixLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    state = {"step": 0, "best_valid_loss": float("inf"), "examples": 0}
+    if (ckpt / "state.json").is_file():
+        state.update(load_checkpoint(ckpt, model, optimizer))
+    net = DistributedDataParallel(model) if distributed else model
+
+    roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
+    ex_cfg = example_config(cfg)
+    train_set = RebalanceDataset(roots, cfg.data.train_split, ex_cfg,
+                                 seed=int(cfg.train.seed) * 1000 + state["step"])
+    loader = DataLoader(train_set, batch_size=int(cfg.optim.batch_size) // world,
+                        num_workers=int(cfg.data.workers),
+                        persistent_workers=int(cfg.data.workers) > 0)
+    valid = None
+    if rank == 0 and int(cfg.train.valid_examples) > 0:
+        valid_set = RebalanceDataset(roots, cfg.data.valid_split, ex_cfg, seed=12345)
+        valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
+
+    log_path = run_dir / "log.csv"
+    start_time = time.time()
+    max_minutes = float(cfg.train.max_minutes)
+    bar = tqdm(total=int(cfg.optim.max_steps), initial=state["step"], disable=rank != 0 or
+               not progress, desc="train", unit="step")
+    running: dict[str, float] = {}
+    model.train()
+    for batch in loader:
+        step = state["step"]
+        if step >= int(cfg.optim.max_steps):
+            break
+        if max_minutes and (time.time() - start_time) / 60 > max_minutes:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        b = {k: v.to(device) for k, v in batch.items()}
+        est = net(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
+                  b["makeup_db"], hearing_aid=False)
+
+        def hearing_aid(signal, b=b):
+            return model.hearing_aid(signal, b["ratio"], b["makeup_db"])
+
+        terms = loss_fn(est, b["target"], hearing_aid)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        state["step"] = step = step + 1
+        state["examples"] += int(cfg.optim.batch_size)
+        for k, v in terms.items():
+            running[k] = running.get(k, 0.0) + v.item()
+        running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
+        bar.update()
+        if rank != 0:
+            continue
+        row: dict[str, float] = {}
+        if step % int(cfg.train.log_every) == 0:
+            row = {k: v / int(cfg.train.log_every) for k, v in running.items()}
+            running = {}
+            bar.set_postfix(loss=f"{row['total']:.3f}")
+        if valid is not None and step % int(cfg.train.valid_every) == 0:
+            row.update(validate(model, loss_fn, valid, int(cfg.optim.batch_size)))
+            if row["valid_loss"] < state["best_valid_loss"]:
+                state["best_valid_loss"] = row["valid_loss"]
+                model.save_pretrained(run_dir / "best", safe_serialization=True)
+        if row:
+            _log(log_path, {"step": step, "lr": lr_at(step - 1, cfg),
+                            "minutes": (time.time() - start_time) / 60, **row})
+        if step % int(cfg.train.checkpoint_every) == 0:
+            save_checkpoint(ckpt, model, optimizer, state)
+    if rank == 0:
+        save_checkpoint(ckpt, model, optimizer, state)
+        if valid is not None and not (run_dir / "best").exists():
+            model.save_pretrained(run_dir / "best", safe_serialization=True)
+    bar.close()
+    if distributed:
+        dist.barrier()
+    return run_dir
+
+
+LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "hearing_aid",
+              "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop")
+
+
+def _log(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
