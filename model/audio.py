@@ -37,14 +37,20 @@ def read_audio(path: str | Path, *, scale_sidecar: bool = True) -> tuple[np.ndar
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not a readable audio file ({err})") from err
     signal = np.ascontiguousarray(data.T)
-    sidecar = path.with_suffix(".txt")
-    if scale_sidecar and sidecar.is_file():
-        try:
-            scale = float(sidecar.read_text(encoding="utf-8").strip())
-        except ValueError as err:
-            raise AudioError(f"{sidecar}: scale sidecar does not hold a number") from err
-        signal *= np.float32(scale)
+    if scale_sidecar:
+        signal *= np.float32(sidecar_scale(path))
     return signal, int(rate)
+
+
+def sidecar_scale(path: str | Path) -> float:
+    """The CAD2 scale factor of an audio file: the number in ``<same name>.txt``, else 1."""
+    sidecar = Path(path).with_suffix(".txt")
+    if not sidecar.is_file():
+        return 1.0
+    try:
+        return float(sidecar.read_text(encoding="utf-8").strip())
+    except ValueError as err:
+        raise AudioError(f"{sidecar}: scale sidecar does not hold a number") from err
 
 
 def check_signal(

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from model.audio import SAMPLE_RATE
+from model.audio import SAMPLE_RATE, sidecar_scale
 from model.cad2 import GAIN_STEPS_DB, SLOTS, CAD2Split
 from model.hearing_aid import db_to_gain, level_adjustment_db
 
@@ -72,12 +72,13 @@ class RebalanceDataset(IterableDataset):
             raise ValueError(f"no music in split {split!r} of {roots}")
         self.listeners = [(s, lid) for s in self.splits for lid in s.compressor
                           if lid in s.listeners]
-        self._frames: dict[str, int] = {}
+        self._frames: dict[str, tuple[int, float]] = {}
 
-    def _n_frames(self, path: Path) -> int:
+    def _info(self, path: Path) -> tuple[int, float]:
+        """(frames, sidecar scale) of a track, cached."""
         key = str(path)
         if key not in self._frames:
-            self._frames[key] = sf.info(key).frames
+            self._frames[key] = (sf.info(key).frames, sidecar_scale(path))
         return self._frames[key]
 
     def example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -93,15 +94,15 @@ class RebalanceDataset(IterableDataset):
             source_ids = sorted(rng.choice(source_ids, size=keep, replace=False).tolist(),
                                 key=source_ids.index)
         paths = [split.audio_dir / music.sources[k].track for k in source_ids]
-        total = min(self._n_frames(p) for p in paths)
+        total = min(self._info(p)[0] for p in paths)
         start = int(rng.integers(0, max(1, total - length)))
         stems = np.zeros((len(paths), 2, length), dtype=np.float32)
         for i, path in enumerate(paths):
             data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
                               always_2d=True)
-            stems[i, :, : data.shape[0]] = data.T
+            stems[i, :, : data.shape[0]] = data.T * self._info(path)[1]
         if rng.random() < cfg.p_swap_channels:
-            stems = stems[:, ::-1]
+            stems = np.ascontiguousarray(stems[:, ::-1])
         mixture = stems.sum(0)
         loudness = approx_lufs(mixture)
         target_lufs = cfg.lufs + rng.uniform(-cfg.lufs_jitter_db, cfg.lufs_jitter_db)
@@ -118,8 +119,8 @@ class RebalanceDataset(IterableDataset):
         else:
             gains = rng.uniform(-cfg.max_gain_db, cfg.max_gain_db, size=n)
         gains_t = torch.from_numpy(gains)
-        factors = db_to_gain(gains_t) * db_to_gain(level_adjustment_db(gains_t))
-        target = (torch.from_numpy(stems.copy()).double() * factors[:, None, None]).sum(0)
+        factors = (db_to_gain(gains_t) * db_to_gain(level_adjustment_db(gains_t))).numpy()
+        target = np.tensordot(factors.astype(np.float32), stems, axes=1)
 
         slot_gains = torch.zeros(len(SLOTS))
         presence = torch.zeros(len(SLOTS))
@@ -138,7 +139,7 @@ class RebalanceDataset(IterableDataset):
             "audiogram": torch.tensor([listener.levels_l, listener.levels_r], dtype=torch.float32),
             "ratio": torch.from_numpy(ratio).float(),
             "makeup_db": torch.from_numpy(makeup).float(),
-            "target": target.float(),
+            "target": torch.from_numpy(target),
         }
 
     def __iter__(self):
