@@ -6,22 +6,24 @@ knee, listener ratio and makeup gain per band and ear):
 
 * **Crossover.** pyclarity's crossover is a chain of Linkwitz-Riley and all-pass IIR filters, i.e.
   linear and time-invariant. Each band's impulse response is computed once from pyclarity's own
-  coefficient function (an impulse through exactly that band's filter chain, truncated once it
-  has decayed below 1e-15) and applied by causal overlap-save FFT convolution in torch, so it runs
-  on any device and autograd differentiates it.
+  filter chain (an impulse through exactly that band's filters, truncated once it has decayed
+  below 1e-15; 1043 taps) and applied by causal overlap-save FFT convolution: scipy's FFT for
+  CPU tensors, torch's for CUDA tensors.
 * **Compressor.** Per sample: level ``x_g = 20 log10|x|`` (exact zeros replaced by 1e-12, floor
   -120 dB); hard-knee gain reduction ``u = (x_g - T)(1 - 1/R)`` above the threshold ``T``, else 0;
   one-pole smoother ``s_t = a s_{t-1} + (1 - a) u_t`` with ``a`` = attack coefficient if
   ``u_t > s_{t-1}`` else release coefficient; output ``x * 10**((makeup - s) / 20)``, summed over
-  bands. The smoother is a nonlinear sequential recursion, so this whole per-sample stage runs in
-  one numba-compiled loop (internally float64) inside a :class:`torch.autograd.Function` whose
-  backward is the exact reverse-time recursion for the recorded attack/release decisions.
-  The numba stage runs on the CPU: CUDA inputs hop to the CPU for it and back (documented cost:
-  one device-to-host copy of the band signals and one host-to-device copy of the output, and the
-  same in backward). Gradients flow to ``x`` only (not to ratio or makeup gain).
+  bands. The smoother is a nonlinear sequential recursion, so this per-sample stage runs in a
+  numba-compiled loop (internally float64) on the CPU; CUDA inputs hop to the CPU for it and
+  back (band signals one way, the output the other, and the same in backward).
+* **Autograd.** A :class:`torch.autograd.Function` with a hand-written backward: the adjoint of
+  the crossover (FFT correlation) and the exact reverse-time recursion of the smoother for the
+  recorded attack/release decisions, replayed frame by frame from checkpoints of the smoother
+  state, so memory stays bounded. Gradients flow to ``x`` only (not to ratio or makeup gain).
 
-Compiled code is cached by numba (``cache=True``) in ``model/__pycache__`` (or ``NUMBA_CACHE_DIR``),
-so only the first process on a machine pays the compilation (a few seconds).
+Compiled code is cached by numba (``cache=True``) in ``model/__pycache__`` (or ``NUMBA_CACHE_DIR``,
+or numba's user-wide cache if that is read-only), so only the first process pays the compilation
+(a few seconds).
 
 The remix helpers (:func:`apply_gains`, :func:`remix`, :func:`adjust_level`) reproduce the
 recipe's ``apply_gains`` / ``remix_stems`` / ``adjust_level`` (``recipes/cad2/task2/baseline/
@@ -33,11 +35,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numba
 import numpy as np
+import scipy.fft
 import torch
 from torch import Tensor
 
@@ -60,7 +63,11 @@ FLOOR_DB = -120.0
 IR_TOLERANCE = 1e-15
 """The crossover impulse responses are truncated after their last sample above this magnitude."""
 
+ParamLike = Tensor | np.ndarray | Sequence | float
+"""Per-band compressor parameters: anything that broadcasts to ``(B, E, 6)``."""
+
 _DB_TO_LN = math.log(10.0) / 20.0  # 10**(g/20) == exp(g * _DB_TO_LN)
+_PARALLEL_SAMPLES = 1 << 16  # inputs with fewer samples (B*E*T) run on one thread
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,17 +116,19 @@ def _smoothing_coefficient(time_ms: float, sample_rate: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_reduction(x: float, thr_db: float, thr_lin: float, slope: float) -> float:
-    """Gain reduction ``u`` (dB) asked by the hard-knee gain computer for one sample ``x``."""
+def _gain_computer(x: float, thr_db: float, thr_lin: float, slope: float) -> tuple[float, float]:
+    """Hard-knee gain reduction ``u`` (dB) asked for one sample ``x``, and ``du/dx``.
+
+    ``thr_lin`` is just below ``10**(thr_db/20)`` (a cheap pre-test that skips the logarithm).
+    Needs ``thr_db > FLOOR_DB``, so the level floor never matters above the threshold.
+    """
     ax = abs(x)
     if ax < thr_lin:
-        return 0.0
+        return 0.0, 0.0
     xg = 20.0 * math.log10(ax)
-    if xg < FLOOR_DB:
-        xg = FLOOR_DB
     if xg < thr_db:
-        return 0.0
-    return (xg - thr_db) * slope
+        return 0.0, 0.0
+    return (xg - thr_db) * slope, slope / (_DB_TO_LN * x)
 
 
 _EXP_C3 = 1.0 / 6.0
@@ -138,18 +147,21 @@ def _exp_small(z: float) -> float:
 
 @numba.njit(cache=True, nogil=True)
 def _compress_forward(
-    frames, hop, offset, length, slope, makeup_db, a_att, a_rel, thr_db, state, y
+    frames, hop, offset, length, slope, makeup_db, a_att, a_rel, thr_db, state, y, frame_states
 ):
     """Compress and sum the bands of ``frames (C, G, K, N)`` into ``y (C, length)``.
 
-    ``state (C, K)``: smoothed gain reduction (dB) before the first sample; updated in place to
-    the value after the last one, so consecutive chunks of frames chain exactly. The bands are
-    interleaved in the inner loop (their independent recursions overlap in the CPU pipeline), and
-    the band gain ``10**((makeup - s)/20)`` is updated multiplicatively per sample (``s`` moves
-    by < 0.1 dB a sample) and recomputed exactly at every frame start (drift < 1e-12 relative).
+    ``state (C, K)``: smoothed gain reduction ``s`` (dB) before the first sample; updated in place
+    to the value after the last one, so consecutive chunks of frames chain exactly.
+    ``frame_states (C, G or 0, K)``: if not empty, receives ``s`` at the start of every frame
+    (the checkpoints backward replays from). The bands are interleaved in the inner loop (their
+    independent recursions overlap in the CPU pipeline), and the band gain
+    ``10**((makeup - s)/20)`` is updated multiplicatively per sample (``s`` moves by < 0.1 dB a
+    sample) and recomputed exactly at every frame start (drift < 1e-12 relative).
     """
     n_chan, n_frames, n_bands, _ = frames.shape
-    thr_lin = 10.0 ** ((max(thr_db, FLOOR_DB) - 1e-6) / 20.0)
+    thr_lin = 10.0 ** ((thr_db - 1e-6) / 20.0)
+    keep = frame_states.shape[1] > 0
     s = np.empty(n_bands)
     g = np.empty(n_bands)
     for c in range(n_chan):
@@ -160,6 +172,8 @@ def _compress_forward(
         for j in range(n_frames):
             for k in range(n_bands):
                 g[k] = math.exp(_DB_TO_LN * (makeup_db[c, k] - s[k]))
+                if keep:
+                    frame_states[c, j, k] = s[k]
             stop = min(hop, length - t)
             for i in range(offset, offset + stop):
                 acc = 0.0
@@ -167,7 +181,7 @@ def _compress_forward(
                     x = np.float64(frames[c, j, k, i])
                     if x == 0.0:
                         x = EPS
-                    u = _level_reduction(x, thr_db, thr_lin, sl[k])
+                    u, _ = _gain_computer(x, thr_db, thr_lin, sl[k])
                     s_old = s[k]
                     a = a_att[k] if u > s_old else a_rel[k]
                     s_new = a * s_old + (1.0 - a) * u
@@ -183,60 +197,72 @@ def _compress_forward(
 
 @numba.njit(cache=True, nogil=True)
 def _compress_backward(
-    frames, hop, offset, length, slope, makeup_db, a_att, a_rel, thr_db, grad_y, grad_frames
-):
-    """Gradient of :func:`_compress_forward` (zero initial state) w.r.t. ``frames``.
+    frames, hop, offset, length, slope, makeup_db, a_att, a_rel, thr_db, frame_states, grad_y,
+    carry_lam, carry_alpha, grad_frames,
+):  # fmt: skip
+    """Gradient of :func:`_compress_forward` w.r.t. ``frames``, written into ``grad_frames``.
 
-    Written into ``grad_frames`` (same shape as ``frames``; entries outside the valid samples are
-    left untouched). The forward recursion is replayed to recover the smoothed level ``s`` and
-    the attack/release decisions, then ``dL/ds`` runs backwards in time through ``s_t = a_t
-    s_{t-1} + (1 - a_t) u_t`` with the decisions held fixed. Exact zeros (replaced by ``EPS`` in
-    forward) get the derivative of the unreplaced signal, i.e. the band gain.
+    ``frames (C, G, K, N)`` cover ``length`` samples, ``grad_y (C, length)``. Frames are visited
+    last to first. Each is replayed from its checkpoint in ``frame_states (C, G, K)`` with the
+    forward arithmetic (hence the same attack/release decisions and gains), then ``dL/ds`` runs
+    backwards in time through ``s_t = a_t s_{t-1} + (1 - a_t) u_t`` with the decisions held
+    fixed. ``carry_lam`` / ``carry_alpha (C, K)``: ``dL/ds`` and the smoothing coefficient just
+    after the last sample (zeros at the end of the signal), updated in place to their values at
+    the first sample, so chunks of frames chain backwards exactly. Exact zeros (``EPS`` in
+    forward) get the derivative of the unreplaced signal, i.e. the band gain. Entries of
+    ``grad_frames`` outside the valid samples are left untouched.
     """
     n_chan, n_frames, n_bands, _ = frames.shape
-    thr_lin = 10.0 ** ((max(thr_db, FLOOR_DB) - 1e-6) / 20.0)
-    gains = np.empty(length)
-    alphas = np.empty(length)
+    thr_lin = 10.0 ** ((thr_db - 1e-6) / 20.0)
+    s = np.empty(n_bands)
+    g = np.empty(n_bands)
+    lam = np.empty(n_bands)
+    a_next = np.empty(n_bands)
+    gains = np.empty((hop, n_bands))
+    alphas = np.empty((hop, n_bands))
+    slopes = np.empty((hop, n_bands))  # du/dx
     for c in range(n_chan):
+        sl = slope[c].copy()
         for k in range(n_bands):
-            sl = slope[c, k]
-            mk = makeup_db[c, k]
-            # replay the forward recursion (same arithmetic, hence the same decisions)
-            s = 0.0
-            t = 0
-            for j in range(n_frames):
-                stop = min(hop, length - t)
-                for i in range(offset, offset + stop):
-                    x = np.float64(frames[c, j, k, i])
+            lam[k] = carry_lam[c, k]
+            a_next[k] = carry_alpha[c, k]
+        for j in range(n_frames - 1, -1, -1):
+            t0 = j * hop
+            stop = min(hop, length - t0)
+            if stop <= 0:
+                continue
+            for k in range(n_bands):
+                s[k] = frame_states[c, j, k]
+                g[k] = math.exp(_DB_TO_LN * (makeup_db[c, k] - s[k]))
+            for i in range(stop):
+                for k in range(n_bands):
+                    x = np.float64(frames[c, j, k, offset + i])
                     if x == 0.0:
                         x = EPS
-                    u = _level_reduction(x, thr_db, thr_lin, sl)
-                    a = a_att[k] if u > s else a_rel[k]
-                    s = a * s + (1.0 - a) * u
-                    alphas[t] = a
-                    gains[t] = math.exp(_DB_TO_LN * (mk - s))
-                    t += 1
-            # reverse time; lam = total dL/ds_t
-            lam = 0.0
-            a_next = 0.0
-            for t in range(length - 1, -1, -1):
-                j = t // hop
-                i = offset + t - j * hop
-                x = np.float64(frames[c, j, k, i])
-                if x == 0.0:
-                    x = EPS
-                gy = np.float64(grad_y[c, t])
-                g = gains[t]
-                lam = -_DB_TO_LN * gy * x * g + a_next * lam
-                a_t = alphas[t]
-                grad = gy * g
-                if sl != 0.0 and abs(x) >= thr_lin:
-                    xg = 20.0 * math.log10(abs(x))
-                    if xg >= thr_db and xg > FLOOR_DB:
-                        # du/dx = slope * 20 / (ln(10) x)
-                        grad += sl / (_DB_TO_LN * x) * (1.0 - a_t) * lam
-                grad_frames[c, j, k, i] = grad
-                a_next = a_t
+                    u, dudx = _gain_computer(x, thr_db, thr_lin, sl[k])
+                    s_old = s[k]
+                    a = a_att[k] if u > s_old else a_rel[k]
+                    s_new = a * s_old + (1.0 - a) * u
+                    if s_new != s_old:
+                        s[k] = s_new
+                        g[k] *= _exp_small(_DB_TO_LN * (s_old - s_new))
+                    gains[i, k] = g[k]
+                    alphas[i, k] = a
+                    slopes[i, k] = dudx
+            for i in range(stop - 1, -1, -1):
+                gy = np.float64(grad_y[c, t0 + i])
+                for k in range(n_bands):
+                    x = np.float64(frames[c, j, k, offset + i])
+                    if x == 0.0:
+                        x = EPS
+                    gk = gains[i, k]
+                    a_t = alphas[i, k]
+                    lam[k] = -_DB_TO_LN * gy * x * gk + a_next[k] * lam[k]
+                    grad_frames[c, j, k, offset + i] = gy * gk + slopes[i, k] * (1.0 - a_t) * lam[k]
+                    a_next[k] = a_t
+        for k in range(n_bands):
+            carry_lam[c, k] = lam[k]
+            carry_alpha[c, k] = a_next[k]
 
 
 def _cpu_numpy(t: Tensor) -> np.ndarray:
@@ -244,15 +270,140 @@ def _cpu_numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu").contiguous().numpy()
 
 
-def _over_channel_groups(work: Callable[[slice], None], n_chan: int) -> None:
-    """Run ``work(channel_slice)`` over groups of channels on up to ``torch.get_num_threads()``
-    threads (the numba kernels release the GIL). A fresh pool per call keeps this fork-safe."""
+class _ScipyFFT:
+    """Overlap-save crossover on numpy arrays with scipy's FFT (one thread per call)."""
+
+    def __init__(self, spectra: np.ndarray, size: int, taps: int) -> None:
+        self.spectra = spectra  # (K, N//2+1), complex of the signal's precision
+        self.size = size
+        self.hop = size - taps + 1
+        self.offset = taps - 1
+
+    def pad(self, x: np.ndarray, n_frames: int) -> np.ndarray:
+        """``x (C, T)`` zero-padded to ``offset + n_frames * hop`` samples."""
+        return np.pad(x, ((0, 0), (self.offset, n_frames * self.hop - x.shape[-1])))
+
+    def band_frames(self, padded: np.ndarray, first: int, stop: int) -> np.ndarray:
+        """Band frames ``(C, stop - first, K, N)`` (layout: see :func:`_compress_forward`)."""
+        span = padded[:, first * self.hop : (stop - 1) * self.hop + self.size]
+        blocks = np.lib.stride_tricks.sliding_window_view(span, self.size, axis=-1)[:, :: self.hop]
+        spectrum = scipy.fft.rfft(blocks, axis=-1)[..., None, :] * self.spectra
+        return scipy.fft.irfft(spectrum, n=self.size, axis=-1)
+
+    def new_gradient(self, n_chan: int, n_frames: int, dtype: np.dtype) -> np.ndarray:
+        """Zeroed accumulator for the gradient w.r.t. the padded signal (one spare frame)."""
+        return np.zeros((n_chan, (n_frames + 1) * self.hop + self.size), dtype=dtype)
+
+    def accumulate(self, grad: np.ndarray, first: int, grad_frames: np.ndarray) -> None:
+        """Add the adjoint of :meth:`band_frames` applied to ``grad_frames`` into ``grad``."""
+        spectrum = (scipy.fft.rfft(grad_frames, axis=-1) * self.spectra.conj()).sum(axis=-2)
+        blocks = scipy.fft.irfft(spectrum, n=self.size, axis=-1)  # (C, G, N)
+        _overlap_add(grad, blocks, first * self.hop, self.hop)
+
+
+class _TorchFFT:
+    """The same with torch on the input's device (used for CUDA inputs)."""
+
+    def __init__(self, spectra: Tensor, size: int, taps: int) -> None:
+        self.spectra = spectra
+        self.size = size
+        self.hop = size - taps + 1
+        self.offset = taps - 1
+
+    def pad(self, x: Tensor, n_frames: int) -> Tensor:
+        return torch.nn.functional.pad(x, (self.offset, n_frames * self.hop - x.shape[-1]))
+
+    def band_frames(self, padded: Tensor, first: int, stop: int) -> Tensor:
+        span = padded[:, first * self.hop : (stop - 1) * self.hop + self.size]
+        blocks = span.unfold(-1, self.size, self.hop)  # (C, G, N)
+        spectrum = torch.fft.rfft(blocks, n=self.size).unsqueeze(-2) * self.spectra
+        return torch.fft.irfft(spectrum, n=self.size)
+
+    def new_gradient(self, n_chan: int, n_frames: int, dtype: torch.dtype) -> Tensor:
+        length = (n_frames + 1) * self.hop + self.size
+        return torch.zeros(n_chan, length, dtype=dtype, device=self.spectra.device)
+
+    def accumulate(self, grad: Tensor, first: int, grad_frames: np.ndarray) -> None:
+        frames = torch.from_numpy(grad_frames).to(grad.device)
+        spectrum = (torch.fft.rfft(frames, n=self.size) * self.spectra.conj()).sum(dim=-2)
+        blocks = torch.fft.irfft(spectrum, n=self.size)
+        _overlap_add(grad, blocks, first * self.hop, self.hop)
+
+
+def _overlap_add(grad, blocks, start: int, hop: int) -> None:
+    """``grad[:, start + j*hop : start + j*hop + N] += blocks[:, j]`` for ``blocks (C, G, N)``
+    (numpy or torch)."""
+    size = blocks.shape[-1]
+    for j in range(blocks.shape[1]):
+        grad[:, start + j * hop : start + j * hop + size] += blocks[:, j]
+
+
+def _chunks(n_chan: int, n_frames: int, frame_bytes: int, chunk_bytes: int) -> list[range]:
+    """Consecutive frame ranges holding about ``chunk_bytes`` of band signals each."""
+    per_chunk = max(1, chunk_bytes // (n_chan * frame_bytes))
+    return [range(f, min(f + per_chunk, n_frames)) for f in range(0, n_frames, per_chunk)]
+
+
+def _forward_pass(fft, x, p: _Params, y: np.ndarray, checkpoints: np.ndarray, chunk_bytes: int):
+    """Hearing aid of ``x (C, T)`` (numpy for ``_ScipyFFT``, torch for ``_TorchFFT``) into
+    ``y (C, T)``; smoother state at frame starts into ``checkpoints (C, n_frames or 0, K)``."""
+    n_chan, length = x.shape
+    n_frames = max(1, -(-length // fft.hop))
+    padded = fft.pad(x, n_frames)
+    state = np.zeros((n_chan, NUM_BANDS))
+    for frames_range in _chunks(n_chan, n_frames, NUM_BANDS * fft.size * y.itemsize, chunk_bytes):
+        first, stop = frames_range.start, frames_range.stop
+        frames = fft.band_frames(padded, first, stop)
+        if isinstance(frames, Tensor):
+            frames = _cpu_numpy(frames)
+        start = first * fft.hop
+        count = min((stop - first) * fft.hop, length - start)
+        _compress_forward(
+            frames, fft.hop, fft.offset, count, p.slope, p.makeup_db, p.a_att, p.a_rel, p.thr_db,
+            state, y[:, start : start + count], checkpoints[:, first:stop],
+        )  # fmt: skip
+
+
+def _backward_pass(fft, x, p: _Params, checkpoints: np.ndarray, grad_y: np.ndarray, chunk_bytes):
+    """Gradient w.r.t. ``x (C, T)`` of ``sum(grad_y * y)``, chunks of frames last to first;
+    returned as ``fft``'s array type."""
+    n_chan, length = x.shape
+    n_frames = max(1, -(-length // fft.hop))
+    padded = fft.pad(x, n_frames)
+    grad = fft.new_gradient(n_chan, n_frames, x.dtype)
+    carry_lam = np.zeros((n_chan, NUM_BANDS))
+    carry_alpha = np.zeros((n_chan, NUM_BANDS))
+    frame_bytes = NUM_BANDS * fft.size * grad_y.itemsize
+    for frames_range in _chunks(n_chan, n_frames, frame_bytes, chunk_bytes)[::-1]:
+        first, stop = frames_range.start, frames_range.stop
+        frames = fft.band_frames(padded, first, stop)
+        if isinstance(frames, Tensor):
+            frames = _cpu_numpy(frames)
+        start = first * fft.hop
+        count = min((stop - first) * fft.hop, length - start)
+        grad_frames = np.zeros_like(frames)
+        _compress_backward(
+            frames, fft.hop, fft.offset, count, p.slope, p.makeup_db, p.a_att, p.a_rel, p.thr_db,
+            checkpoints[:, first:stop], grad_y[:, start : start + count], carry_lam, carry_alpha,
+            grad_frames,
+        )  # fmt: skip
+        fft.accumulate(grad, first, grad_frames)
+    return grad[:, fft.offset : fft.offset + length]
+
+
+def _over_channel_groups(work: Callable[[slice], None], n_chan: int, n_samples: int) -> None:
+    """``work(channels)`` over up to ``torch.get_num_threads()`` groups of channels, in parallel
+    threads (numba, scipy.fft and numpy release the GIL) unless there are fewer than
+    ``_PARALLEL_SAMPLES`` samples in all. Each thread does its own FFTs and compressor loops, so
+    there is no synchronisation inside; a fresh pool per call keeps this fork-safe."""
     n_groups = max(1, min(torch.get_num_threads(), n_chan))
-    if n_groups == 1:
-        work(slice(0, n_chan))
-        return
+    if n_samples < _PARALLEL_SAMPLES:
+        n_groups = 1
     bounds = np.linspace(0, n_chan, n_groups + 1).round().astype(int)
     groups = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if n_groups == 1:
+        work(groups[0])
+        return
     with ThreadPoolExecutor(max_workers=n_groups - 1) as pool:
         futures = [pool.submit(work, group) for group in groups[1:]]
         work(groups[0])
@@ -264,67 +415,37 @@ def _over_channel_groups(work: Callable[[slice], None], n_chan: int) -> None:
 class _Params:
     """Compressor settings of one call, flattened over channels ``C = B*E``."""
 
-    hop: int  # overlap-save hop (samples)
-    offset: int  # index of the first valid sample in a frame (taps - 1)
-    length: int  # signal length T (samples)
     slope: np.ndarray  # (C, K) 1 - 1/ratio
-    makeup_db: np.ndarray  # (C, K) dB
-    a_att: np.ndarray  # (K,) attack coefficients
-    a_rel: np.ndarray  # (K,) release coefficients
+    makeup_db: np.ndarray  # (C, K) makeup gain (dB)
+    a_att: np.ndarray  # (K,) attack smoothing coefficients
+    a_rel: np.ndarray  # (K,) release smoothing coefficients
     thr_db: float  # threshold (dB)
 
-
-def _compress(frames: np.ndarray, p: _Params, start: int, count: int, state, y) -> None:
-    """Compress frames ``(C, G, K, N)`` covering samples ``start..start+count-1`` into ``y``."""
-
-    def work(ch: slice) -> None:
-        _compress_forward(
-            frames[ch], p.hop, p.offset, count, p.slope[ch], p.makeup_db[ch], p.a_att, p.a_rel,
-            p.thr_db, state[ch], y[ch, start : start + count],
-        )  # fmt: skip
-
-    _over_channel_groups(work, frames.shape[0])
+    def __getitem__(self, channels: slice) -> _Params:
+        return replace(self, slope=self.slope[channels], makeup_db=self.makeup_db[channels])
 
 
-class _CompressBands(torch.autograd.Function):
-    """Per-band compression and band sum of whole band frames; the numba stage with autograd."""
+class _HearingAidFunction(torch.autograd.Function):
+    """Crossover + compressor of ``x (C, T)`` with a hand-written, chunked backward."""
 
     @staticmethod
-    def forward(ctx, frames: Tensor, params: _Params) -> Tensor:  # type: ignore[override]
-        """``frames (C, n_frames, K, N)`` -> compressed band sum ``(C, T)``."""
-        frames_np = _cpu_numpy(frames)
-        y = np.empty((frames.shape[0], params.length), dtype=frames_np.dtype)
-        _compress(frames_np, params, 0, params.length, np.zeros(params.slope.shape), y)
-        ctx.params = params
-        ctx.device = frames.device
-        if frames.device.type == "cpu":
-            ctx.save_for_backward(frames)
-            ctx.frames_cpu = None
-        else:
-            ctx.frames_cpu = frames_np  # keep the host copy for backward
-        return torch.from_numpy(y).to(frames.device)
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, ha: HearingAid, p: _Params, keep: bool
+    ) -> Tensor:
+        """``(C, T)`` -> ``(C, T)``; ``keep``: keep the per-frame smoother states for backward."""
+        y, checkpoints = ha._forward_impl(x.detach(), p, keep)
+        if keep:
+            ctx.save_for_backward(x)
+            ctx.ha, ctx.params, ctx.checkpoints = ha, p, checkpoints
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        """Exact gradient w.r.t. ``frames`` for the recorded attack/release decisions."""
-        if ctx.frames_cpu is None:
-            (frames,) = ctx.saved_tensors
-            frames_np = _cpu_numpy(frames)
-        else:
-            frames_np = ctx.frames_cpu
-        p: _Params = ctx.params
-        grad_frames = np.zeros_like(frames_np)
-        grad_np = _cpu_numpy(grad_y).astype(frames_np.dtype, copy=False)
-
-        def work(ch: slice) -> None:
-            _compress_backward(
-                frames_np[ch], p.hop, p.offset, p.length, p.slope[ch], p.makeup_db[ch], p.a_att,
-                p.a_rel, p.thr_db, grad_np[ch], grad_frames[ch],
-            )  # fmt: skip
-
-        _over_channel_groups(work, frames_np.shape[0])
-        return torch.from_numpy(grad_frames).to(ctx.device), None
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        """Exact gradient w.r.t. ``x`` for the recorded attack/release decisions."""
+        (x,) = ctx.saved_tensors
+        grad = ctx.ha._backward_impl(x.detach(), ctx.params, ctx.checkpoints, grad_y)
+        return grad, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,62 +461,49 @@ class HearingAid(torch.nn.Module):
     to it: compression ratio and makeup gain in dB per band, low to high). Returns ``(B, E, T)``
     of ``x``'s dtype and device. Output at sample t depends on input up to t only (causal).
 
-    Without autograd (``torch.no_grad()`` or ``x`` not requiring grad) the signal is processed in
-    chunks of overlap-save frames (bounded memory, cache-friendly); with autograd the band
-    signals of the whole input are kept for backward (about ``B*E*6*T*1.07`` values). The
-    compressor loop runs on up to ``torch.get_num_threads()`` threads, split over ``B*E``.
+    The signal is processed in chunks of overlap-save frames (about ``chunk_bytes`` of band
+    signals at a time), so memory stays bounded. Autograd keeps only the input and the smoother
+    state at each frame start; backward recomputes the band signals chunk by chunk (last to
+    first) and applies the exact adjoints.
+
+    CPU inputs: the ``B*E`` channels are split into up to ``torch.get_num_threads()`` groups,
+    each processed start to end on its own thread (scipy FFTs + numba loops; no torch/OpenMP
+    parallel regions, so nothing spins or waits on a busy machine). CUDA inputs: the FFTs run in
+    torch on the GPU, the compressor loops on the CPU (band signals copied over and back, one
+    thread). ``cpu_fft="torch"`` uses that torch path on the CPU too (for testing).
     """
 
     def __init__(
         self,
         sample_rate: float = SAMPLE_RATE,
         block_size: int = 16384,
-        chunk_bytes: int = 8 << 20,
+        chunk_bytes: int = 2 << 20,
+        cpu_fft: str = "scipy",
     ) -> None:
         """``block_size``: FFT length (samples) of the overlap-save crossover convolution;
-        ``chunk_bytes``: size of the band frames processed at once without autograd."""
+        ``chunk_bytes``: band signals processed at once per thread (bytes); ``cpu_fft``:
+        ``"scipy"`` or ``"torch"``."""
         super().__init__()
         irs = crossover_impulse_responses(float(sample_rate))
         if block_size < 2 * irs.shape[1]:
             raise ValueError(f"block_size must be >= {2 * irs.shape[1]} samples")
+        if cpu_fft not in ("scipy", "torch"):
+            raise ValueError(f"cpu_fft must be 'scipy' or 'torch', got {cpu_fft!r}")
         self.sample_rate = float(sample_rate)
         self.block_size = int(block_size)
         self.chunk_bytes = int(chunk_bytes)
+        self.cpu_fft = cpu_fft
         self.taps = int(irs.shape[1])
         self.hop = self.block_size - self.taps + 1
-        spectra = torch.fft.rfft(torch.from_numpy(irs.copy()), n=self.block_size)  # (K, N//2+1)
-        self.register_buffer("band_spectra", spectra, persistent=False)
+        # Band spectra (K, N//2+1) as numpy, not as a buffer: the module holds no tensors, so
+        # state dicts, meta-device construction and dtype/device casts leave it unchanged.
+        self._spectra = np.fft.rfft(irs, n=self.block_size)
+        self._spectra_cache: dict[tuple[str, torch.dtype], Tensor] = {}
         self.a_att = np.array([_smoothing_coefficient(t, sample_rate) for t in ATTACK_MS])
         self.a_rel = np.array([_smoothing_coefficient(t, sample_rate) for t in RELEASE_MS])
-        self.threshold_db = THRESHOLD_DB
+        self.threshold_db = THRESHOLD_DB  # must stay above FLOOR_DB (see _gain_computer)
 
-    def _padded(self, x: Tensor) -> tuple[Tensor, int]:
-        """``x (C, T)`` zero-padded for overlap-save, and the number of frames."""
-        length = x.shape[-1]
-        n_frames = max(1, -(-length // self.hop))
-        return torch.nn.functional.pad(x, (self.taps - 1, n_frames * self.hop - length)), n_frames
-
-    def _band_frames(self, padded: Tensor, first: int, stop: int) -> Tensor:
-        """Band frames ``(C, stop - first, K, N)`` of overlap-save frames ``first..stop-1``.
-
-        Band k of sample ``t`` (frame ``j = t // hop``) sits at ``[:, j, k, taps - 1 + t % hop]``.
-        """
-        span = padded[:, first * self.hop : (stop - 1) * self.hop + self.block_size]
-        blocks = span.unfold(-1, self.block_size, self.hop)  # (C, G, N)
-        dtype = torch.complex128 if padded.dtype == torch.float64 else torch.complex64
-        spectra = self.band_spectra.to(dtype)
-        bands = torch.fft.rfft(blocks, n=self.block_size).unsqueeze(-2) * spectra
-        return torch.fft.irfft(bands, n=self.block_size)
-
-    def crossover(self, x: Tensor) -> Tensor:
-        """Band signals ``(B, E, 6, T)`` of ``x (B, E, T)``: pyclarity's crossover output."""
-        batch, ears, length = x.shape
-        padded, n_frames = self._padded(x.reshape(batch * ears, length))
-        frames = self._band_frames(padded, 0, n_frames)[..., self.taps - 1 :]
-        bands = frames.permute(0, 2, 1, 3).reshape(batch, ears, NUM_BANDS, n_frames * self.hop)
-        return bands[..., :length]
-
-    def forward(self, x: Tensor, ratio: Tensor, makeup_db: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ratio: ParamLike, makeup_db: ParamLike) -> Tensor:
         """Hearing-aid output ``(B, E, T)``; ``x (B, E, T)``, ``ratio``/``makeup_db (B, E, 6)``."""
         if x.ndim != 3:
             raise ValueError(f"x must be (batch, ears, samples), got shape {tuple(x.shape)}")
@@ -410,42 +518,87 @@ class HearingAid(torch.nn.Module):
         if length == 0 or batch * ears == 0:
             return x.clone()
         params = _Params(
-            hop=self.hop,
-            offset=self.taps - 1,
-            length=length,
             slope=1.0 - 1.0 / ratio_np,
             makeup_db=makeup_np,
             a_att=self.a_att,
             a_rel=self.a_rel,
             thr_db=self.threshold_db,
         )
-        padded, n_frames = self._padded(x.reshape(batch * ears, length))
-        if torch.is_grad_enabled() and x.requires_grad:
-            frames = self._band_frames(padded, 0, n_frames)
-            y = _CompressBands.apply(frames, params)
-        else:
-            with torch.no_grad():
-                y = self._forward_chunked(padded, n_frames, params).to(x.device)
+        keep = torch.is_grad_enabled() and x.requires_grad
+        y = _HearingAidFunction.apply(x.reshape(batch * ears, length), self, params, keep)
         return y.reshape(batch, ears, length)
 
-    def _forward_chunked(self, padded: Tensor, n_frames: int, params: _Params) -> Tensor:
-        """No-autograd forward over chunks of frames; returns ``(C, T)`` on the CPU."""
-        n_chan = padded.shape[0]
-        frame_bytes = n_chan * NUM_BANDS * self.block_size * padded.element_size()
-        per_chunk = max(1, self.chunk_bytes // frame_bytes)
-        dtype = np.float64 if padded.dtype == torch.float64 else np.float32
-        y = np.empty((n_chan, params.length), dtype=dtype)
-        state = np.zeros((n_chan, NUM_BANDS))
-        for first in range(0, n_frames, per_chunk):
-            stop = min(first + per_chunk, n_frames)
-            frames = _cpu_numpy(self._band_frames(padded, first, stop))
-            start = first * self.hop
-            count = min((stop - first) * self.hop, params.length - start)
-            _compress(frames, params, start, count, state, y)
-        return torch.from_numpy(y)
+    def crossover(self, x: Tensor) -> Tensor:
+        """Band signals ``(B, E, 6, T)`` of ``x (B, E, T)``: pyclarity's crossover output."""
+        batch, ears, length = x.shape
+        fft = self._torch_fft(x.dtype, x.device)
+        n_frames = max(1, -(-length // self.hop))
+        padded = fft.pad(x.reshape(batch * ears, length), n_frames)
+        frames = fft.band_frames(padded, 0, n_frames)[..., self.taps - 1 :]
+        bands = frames.permute(0, 2, 1, 3).reshape(batch, ears, NUM_BANDS, n_frames * self.hop)
+        return bands[..., :length]
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _torch_fft(self, dtype: torch.dtype, device: torch.device) -> _TorchFFT:
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        key = (str(device), complex_dtype)
+        if key not in self._spectra_cache:
+            spectra = torch.from_numpy(self._spectra).to(device=device, dtype=complex_dtype)
+            self._spectra_cache[key] = spectra
+        return _TorchFFT(self._spectra_cache[key], self.block_size, self.taps)
+
+    def _scipy_fft(self, dtype: torch.dtype) -> _ScipyFFT:
+        complex_dtype = np.complex128 if dtype == torch.float64 else np.complex64
+        return _ScipyFFT(self._spectra.astype(complex_dtype), self.block_size, self.taps)
+
+    def _uses_scipy(self, x: Tensor) -> bool:
+        return x.device.type == "cpu" and self.cpu_fft == "scipy"
+
+    def _forward_impl(self, x: Tensor, p: _Params, keep: bool) -> tuple[Tensor, np.ndarray]:
+        """Output ``(C, T)`` and the smoother states at frame starts ``(C, n_frames or 0, K)``."""
+        n_chan, length = x.shape
+        n_frames = max(1, -(-length // self.hop))
+        y = np.empty((n_chan, length), dtype=_NUMPY_DTYPE[x.dtype])
+        checkpoints = np.zeros((n_chan, n_frames if keep else 0, NUM_BANDS))
+        if self._uses_scipy(x):
+            fft, x_np = self._scipy_fft(x.dtype), x.contiguous().numpy()
+
+            def work(ch: slice) -> None:
+                _forward_pass(fft, x_np[ch], p[ch], y[ch], checkpoints[ch], self.chunk_bytes)
+
+            _over_channel_groups(work, n_chan, x.numel())
+        else:
+            with torch.no_grad():
+                fft = self._torch_fft(x.dtype, x.device)
+                _forward_pass(fft, x, p, y, checkpoints, self.chunk_bytes)
+        return torch.from_numpy(y).to(x.device), checkpoints
+
+    def _backward_impl(
+        self, x: Tensor, p: _Params, checkpoints: np.ndarray, grad_y: Tensor
+    ) -> Tensor:
+        """Gradient w.r.t. ``x (C, T)`` given ``grad_y (C, T)``."""
+        grad_np = _cpu_numpy(grad_y).astype(_NUMPY_DTYPE[x.dtype], copy=False)
+        if self._uses_scipy(x):
+            fft, x_np = self._scipy_fft(x.dtype), x.contiguous().numpy()
+            grad = np.empty_like(x_np)
+
+            def work(ch: slice) -> None:
+                grad[ch] = _backward_pass(
+                    fft, x_np[ch], p[ch], checkpoints[ch], grad_np[ch], self.chunk_bytes
+                )
+
+            _over_channel_groups(work, x.shape[0], x.numel())
+            return torch.from_numpy(grad)
+        with torch.no_grad():
+            fft = self._torch_fft(x.dtype, x.device)
+            return _backward_pass(fft, x, p, checkpoints, grad_np, self.chunk_bytes)
 
 
-def _params(value: Tensor | np.ndarray | Sequence, shape: tuple[int, ...], name: str) -> np.ndarray:
+_NUMPY_DTYPE = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _params(value: ParamLike, shape: tuple[int, ...], name: str) -> np.ndarray:
     """Per-band parameters broadcast to ``shape`` and flattened to ``(B*E, K)`` float64."""
     if isinstance(value, Tensor):
         arr = value.detach().to("cpu", torch.float64).numpy()
@@ -489,7 +642,8 @@ def remix(stems: Tensor, gains_db: Tensor, mask: Tensor | None = None) -> Tensor
     """
     gained = apply_gains(stems, gains_db)
     if mask is not None:
-        gained = gained * torch.as_tensor(mask, device=stems.device)[..., None, None]
+        present = torch.as_tensor(mask, dtype=torch.bool, device=stems.device)[..., None, None]
+        gained = torch.where(present, gained, gained.new_zeros(()))
     return gained.sum(dim=-3)
 
 

@@ -38,7 +38,9 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
                               [40, 40, 45, 45, 60, 65, 80, 80]], dtype=torch.float32)
     ratio = torch.tensor([[2.1, 1.5, 1.3, 1.5, 2.4, 3.7]] * 2)
     makeup = torch.tensor([[9.6, 11.9, 12.9, 16.4, 19.0, 28.0]] * 2)
-    expand = (lambda t: t.expand(batch, *t.shape))
+    def expand(t: torch.Tensor) -> torch.Tensor:
+        return t.expand(batch, *t.shape)
+
     return mixture, gains, presence, expand(audiogram), expand(ratio), expand(makeup)
 
 
@@ -69,7 +71,8 @@ def test_noncausal_model_uses_the_future() -> None:
         y2 = model(perturbed, *cond, hearing_aid=False)
     # Output more than 5 ms before the change moves (unaffected samples stay bit-exact).
     assert torch.equal(y[..., :20_000], y2[..., :20_000])
-    assert not torch.equal(y[..., 29_000 : 30_000 - LOOKAHEAD], y2[..., 29_000 : 30_000 - LOOKAHEAD])
+    before = slice(29_000, 30_000 - LOOKAHEAD)
+    assert not torch.equal(y[..., before], y2[..., before])
 
 
 def test_remix_streams_with_state() -> None:

@@ -146,6 +146,14 @@ def _enhance(args: argparse.Namespace) -> None:
     print(f"enhance: {len(paths)} file(s) in {args.out}")
 
 
+def _render(args: argparse.Namespace) -> None:
+    from training.render import render_dataset
+
+    root = render_dataset(args.out, hours=args.hours, seed=args.seed, jobs=args.jobs,
+                          overrides=args.overrides)
+    print(f"rendered CAD2 layout in {root}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from training.train import load_config, train
 
@@ -213,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=_enhance)
+
+    p = sub.add_parser("data", help="training data")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    p = data.add_parser("render", help="render classical ensembles in the CAD2 layout")
+    p.add_argument("--out", type=Path, required=True, help="dataset root to create or resume")
+    p.add_argument("--hours", type=float, default=None, help="hours of music (conf/data.yaml)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of conf/data.yaml")
+    p.set_defaults(func=_render)
 
     p = sub.add_parser("train", help="train a model from a conf/*.yaml config")
     p.add_argument("--config", type=Path, required=True)
