@@ -7,6 +7,7 @@ over the whole remix. Signals are numpy ``(2, samples)`` at 44.1 kHz.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def load_model(path: str | Path, device: str = "cpu") -> TuttiModel:
 def remix(model: TuttiModel, mixture: np.ndarray, request: Request, chunk_seconds: float = 20.0,
           overlap_seconds: float = 1.0, progress: bool = False) -> np.ndarray:
     """The rebalanced remix before the hearing aid, ``(2, samples)`` float32."""
+    pieces = list(iter_remix(model, mixture, request, chunk_seconds, overlap_seconds, progress))
+    return np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+
+
+@torch.no_grad()
+def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
+               chunk_seconds: float = 20.0, overlap_seconds: float = 1.0,
+               progress: bool = False) -> Iterator[np.ndarray]:
+    """:func:`remix` piece by piece: yields consecutive ``(2, n)`` float32 segments as soon as
+    they are final (after each chunk; non-causal: up to the next chunk's overlap)."""
     cfg = model.config
     block = cfg.block
     device = next(model.parameters()).device
@@ -84,11 +95,11 @@ def remix(model: TuttiModel, mixture: np.ndarray, request: Request, chunk_second
     x = torch.nn.functional.pad(x, (0, (-length) % block))
     total = x.shape[-1]
     if cfg.causal:
-        out, state = [], None
+        state = None
         for start in tqdm(range(0, total, chunk), disable=not progress, desc="rebalance"):
             y, state = model.remix(x[..., start : start + chunk], gains, presence, listener, state)
-            out.append(y)
-        return torch.cat(out, dim=-1)[0, :, :length].cpu().numpy()
+            yield y[0, :, : max(0, min(y.shape[-1], length - start))].cpu().numpy()
+        return
 
     overlap = min(chunk // 2, int(overlap_seconds * cfg.sample_rate) // block * block)
     hop = chunk - overlap
@@ -99,14 +110,19 @@ def remix(model: TuttiModel, mixture: np.ndarray, request: Request, chunk_second
         ramp = torch.linspace(0, 1, overlap + 2, device=device)[1:-1]
         fade[:overlap], fade[-overlap:] = ramp, ramp.flip(0)
     starts = list(range(0, max(total - overlap, 1), hop))
-    for start in tqdm(starts, disable=not progress, desc="rebalance"):
+    done = 0
+    for i, start in enumerate(tqdm(starts, disable=not progress, desc="rebalance")):
         piece = x[..., start : start + chunk]
         y, _ = model.remix(piece, gains, presence, listener)
         n = piece.shape[-1]
         w = fade[:n]  # un-overlapped edges are restored by the division below
         out[..., start : start + n] += y * w
         weight[start : start + n] += w
-    return (out / weight.clamp(min=1e-8))[0, :, :length].cpu().numpy()
+        final = length if i == len(starts) - 1 else min(starts[i + 1], length)
+        if final > done:
+            seg = out[0, :, done:final] / weight[done:final].clamp(min=1e-8)
+            yield seg.cpu().numpy()
+            done = final
 
 
 def rebalance(model: TuttiModel, mixture: np.ndarray, request: Request,
@@ -123,3 +139,30 @@ def hearing_aid(model: TuttiModel, signal: np.ndarray, request: Request) -> np.n
     ratio = torch.as_tensor(request.ratio, dtype=torch.float64)[None]
     makeup = torch.as_tensor(request.makeup_db, dtype=torch.float64)[None]
     return model.hearing_aid(x, ratio, makeup)[0].numpy()
+
+
+LOUDNESS_BLOCK_SECONDS = 0.4
+"""pyloudnorm's gating block (s): shorter signals have no integrated loudness."""
+
+
+def prepare_input(signal: np.ndarray, rate: int, lufs: float | None = -40.0) -> np.ndarray:
+    """A recording as the model takes it: ``(1 or 2, n)`` at ``rate`` Hz -> ``(2, m)`` float32 at
+    44.1 kHz, loudness-normalised to ``lufs`` LUFS (CAD2 mixtures sit at -40; None: keep level).
+
+    Mono is copied to both ears. Silence and signals shorter than 0.4 s (pyloudnorm's gating
+    block) keep their level. Raises :class:`model.audio.AudioError` for other channel counts,
+    empty signals and NaN/Inf samples.
+    """
+    import pyloudnorm as pyln
+
+    from model.audio import SAMPLE_RATE, check_signal, resample
+
+    check_signal(signal, name="input", channels=(1, 2))
+    if signal.shape[0] == 1:
+        signal = np.repeat(signal, 2, axis=0)
+    signal = resample(np.asarray(signal, dtype=np.float32), rate, SAMPLE_RATE)
+    if lufs is not None and signal.shape[1] >= LOUDNESS_BLOCK_SECONDS * SAMPLE_RATE:
+        loudness = pyln.Meter(SAMPLE_RATE).integrated_loudness(signal.T.astype(np.float64))
+        if np.isfinite(loudness):
+            signal = signal * np.float32(10 ** ((lufs - loudness) / 20))
+    return np.ascontiguousarray(signal, dtype=np.float32)

@@ -528,6 +528,39 @@ class HearingAid(torch.nn.Module):
         y = _HearingAidFunction.apply(x.reshape(batch * ears, length), self, params, keep)
         return y.reshape(batch, ears, length)
 
+    def stream(
+        self, x: np.ndarray, ratio: ParamLike, makeup_db: ParamLike,
+        state: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Live, block by block: ``x (E, n)`` -> ``(y (E, n), state)`` (float64, CPU).
+
+        ``ratio``/``makeup_db`` broadcast to ``(E, 6)``. ``state`` (None at the start) carries the
+        last ``taps - 1`` input samples and the smoothers, so consecutive calls of any sizes give
+        :meth:`forward` of the whole signal (up to float rounding). The crossover is a direct
+        FIR convolution here (cheap for short blocks).
+        """
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        ears, n = x.shape
+        shape = (ears, NUM_BANDS)
+        slope = 1.0 - 1.0 / _params(ratio, shape, "ratio")
+        makeup = _params(makeup_db, shape, "makeup_db")
+        if state is None:
+            state = (np.zeros((ears, self.taps - 1)), np.zeros((ears, NUM_BANDS)))
+        history, smoother = state[0], state[1].copy()
+        buffer = np.concatenate([history, x], axis=1)
+        if n == 0:
+            return x.copy(), (history, smoother)
+        kernel = torch.from_numpy(np.ascontiguousarray(
+            crossover_impulse_responses(self.sample_rate)[:, ::-1]))[:, None]
+        bands = torch.nn.functional.conv1d(torch.from_numpy(buffer)[:, None], kernel)
+        frames = np.ascontiguousarray(bands.numpy()[:, None])  # (E, 1, K, n)
+        y = np.empty((ears, n))
+        _compress_forward(
+            frames, n, 0, n, slope, makeup, self.a_att, self.a_rel, self.threshold_db, smoother,
+            y, np.zeros((ears, 0, NUM_BANDS)),
+        )  # fmt: skip
+        return y, (buffer[:, buffer.shape[1] - (self.taps - 1):], smoother)
+
     def crossover(self, x: Tensor) -> Tensor:
         """Band signals ``(B, E, 6, T)`` of ``x (B, E, T)``: pyclarity's crossover output."""
         batch, ears, length = x.shape

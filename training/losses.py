@@ -13,6 +13,9 @@ from torch import Tensor, nn
 class RemixLoss(nn.Module):
     """Weighted sum of MR-STFT (per channel), sum/difference STFT and scaled L1 losses.
 
+    ``eps`` floors the STFT magnitudes inside the log-magnitude terms: at -40 LUFS auraloss's
+    default (1e-8) lets near-silent bins dominate, and a model started at the identity then does
+    not learn at all (measured: loss flat over 150 steps on 4 examples; with 1e-5 it falls).
     ``w_hearing_aid`` adds an MR-STFT loss between the two signals after the listener's hearing
     aid (passed to :meth:`forward` as ``hearing_aid``), which weights errors as the listener
     hears them.
@@ -20,10 +23,12 @@ class RemixLoss(nn.Module):
 
     def __init__(self, fft_sizes: list[int], hop_sizes: list[int], win_lengths: list[int],
                  w_mrstft: float = 1.0, w_sum_diff: float = 0.5, w_l1: float = 10.0,
-                 w_hearing_aid: float = 0.0) -> None:
+                 w_hearing_aid: float = 0.0, eps: float = 1e-5) -> None:
         super().__init__()
-        self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths)
-        self.sum_diff = auraloss.freq.SumAndDifferenceSTFTLoss(fft_sizes, hop_sizes, win_lengths)
+        self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths,
+                                                            eps=eps)
+        self.sum_diff = auraloss.freq.SumAndDifferenceSTFTLoss(fft_sizes, hop_sizes, win_lengths,
+                                                               eps=eps)
         self.w_mrstft, self.w_sum_diff = w_mrstft, w_sum_diff
         self.w_l1, self.w_hearing_aid = w_l1, w_hearing_aid
 
