@@ -9,6 +9,7 @@ chosen stems at about -40 LUFS; the target is the recipe's reference remix befor
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from model.audio import SAMPLE_RATE, sidecar_scale
+from model.audio import SAMPLE_RATE, atomic_write, sidecar_scale
 from model.cad2 import GAIN_STEPS_DB, SLOTS, CAD2Split
 from model.hearing_aid import db_to_gain, level_adjustment_db
 
@@ -63,7 +64,10 @@ class RebalanceDataset(IterableDataset):
     """
 
     def __init__(self, roots: list[str | Path], split: str, config: ExampleConfig | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, pcm_cache: str | Path | None = None) -> None:
+        """``pcm_cache``: folder for decoded 16-bit copies of the tracks (memory-mapped, so
+        segments cost no decoding); None reads the FLAC files directly."""
+        self.pcm_cache = Path(pcm_cache).expanduser() if pcm_cache else None
         self.splits = [CAD2Split(root, split) for root in roots]
         self.config = config or ExampleConfig()
         self.seed = seed
@@ -73,6 +77,7 @@ class RebalanceDataset(IterableDataset):
         self.listeners = [(s, lid) for s in self.splits for lid in s.compressor
                           if lid in s.listeners]
         self._frames: dict[str, tuple[int, float]] = {}
+        self._pcm: dict[str, np.ndarray] = {}
 
     def _info(self, path: Path) -> tuple[int, float]:
         """(frames, sidecar scale) of a track, cached."""
@@ -80,6 +85,24 @@ class RebalanceDataset(IterableDataset):
         if key not in self._frames:
             self._frames[key] = (sf.info(key).frames, sidecar_scale(path))
         return self._frames[key]
+
+    def _read(self, path: Path, start: int, length: int) -> np.ndarray:
+        """``(2, <= length)`` float32 samples of a track from ``start`` (sidecar scale applied)."""
+        scale = self._info(path)[1]
+        if self.pcm_cache is None:
+            data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
+                              always_2d=True)
+            return data.T * np.float32(scale)
+        if str(path) not in self._pcm:
+            name = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + ".npy"
+            cached = self.pcm_cache / name
+            if not cached.is_file():
+                pcm, _ = sf.read(str(path), dtype="int16", always_2d=True)
+                self.pcm_cache.mkdir(parents=True, exist_ok=True)
+                atomic_write(cached, lambda tmp: np.save(open(tmp, "wb"), pcm))
+            self._pcm[str(path)] = np.load(cached, mmap_mode="r")
+        pcm = self._pcm[str(path)][start : start + length]
+        return pcm.T.astype(np.float32) * np.float32(scale / 32768.0)
 
     def example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Draw one example."""
@@ -98,9 +121,8 @@ class RebalanceDataset(IterableDataset):
         start = int(rng.integers(0, max(1, total - length)))
         stems = np.zeros((len(paths), 2, length), dtype=np.float32)
         for i, path in enumerate(paths):
-            data, _ = sf.read(str(path), start=start, frames=length, dtype="float32",
-                              always_2d=True)
-            stems[i, :, : data.shape[0]] = data.T * self._info(path)[1]
+            data = self._read(path, start, length)
+            stems[i, :, : data.shape[1]] = data
         if rng.random() < cfg.p_swap_channels:
             stems = np.ascontiguousarray(stems[:, ::-1])
         mixture = stems.sum(0)
@@ -120,7 +142,7 @@ class RebalanceDataset(IterableDataset):
             gains = rng.uniform(-cfg.max_gain_db, cfg.max_gain_db, size=n)
         gains_t = torch.from_numpy(gains)
         factors = (db_to_gain(gains_t) * db_to_gain(level_adjustment_db(gains_t))).numpy()
-        target = np.tensordot(factors.astype(np.float32), stems, axes=1)
+        target = np.einsum("s,sct->ct", factors.astype(np.float32), stems)
 
         slot_gains = torch.zeros(len(SLOTS))
         presence = torch.zeros(len(SLOTS))

@@ -160,14 +160,16 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
     ex_cfg = example_config(cfg)
+    cache = cfg.data.get("pcm_cache")
     train_set = RebalanceDataset(roots, cfg.data.train_split, ex_cfg,
-                                 seed=int(cfg.train.seed) * 1000 + state["step"])
+                                 seed=int(cfg.train.seed) * 1000 + state["step"], pcm_cache=cache)
     loader = DataLoader(train_set, batch_size=int(cfg.optim.batch_size) // world,
                         num_workers=int(cfg.data.workers),
                         persistent_workers=int(cfg.data.workers) > 0)
     valid = None
     if rank == 0 and int(cfg.train.valid_examples) > 0:
-        valid_set = RebalanceDataset(roots, cfg.data.valid_split, ex_cfg, seed=12345)
+        valid_set = RebalanceDataset(roots, cfg.data.valid_split, ex_cfg, seed=12345,
+                                     pcm_cache=cache)
         valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
 
     log_path = run_dir / "log.csv"
