@@ -19,13 +19,9 @@ for system in noop oracle tutti tutti_causal; do
     $T evaluate "$ROOT" --split valid --enhanced "$OUT/$system" --jobs 2
 done
 
-MIX=$(ls "$ROOT"/audio/*/mixture.flac | head -n 1)
-$T rebalance "$MIX" --gains "Violin_1=+6,Cello=-3" \
-    --instruments "$(.venv/bin/python -c "
-import json,sys
-m=json.load(open('$ROOT/metadata/music.valid.json'))
-e=next(v for v in m.values() if v['mixture']['track'] in '$MIX')
-print(','.join(s['instrument'] for k,s in e.items() if k!='mixture'))")" \
+# One recording for one listener: the bundled string quartet, first violin up, cello down.
+$T rebalance "$ROOT/audio/tutti-valid-00002/mixture.flac" \
+    --gains "Violin_1=+6,Cello=-3" --instruments "Violin_1,Violin_2,Viola,Cello" \
     --audiogram "L:45,45,35,45,60,65,70,65;R:40,40,45,45,60,65,80,80" \
     --out "$OUT/rebalanced.flac"
 echo "demo outputs in $OUT"
