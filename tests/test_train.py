@@ -46,3 +46,25 @@ def test_ddp_two_processes(cad2_root: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_dataset_examples(cad2_root: Path) -> None:
+    import numpy as np
+    import torch
+
+    from model.cad2 import SLOTS
+    from model.hearing_aid import HearingAid
+    from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
+
+    config = ExampleConfig(seconds=0.5, hearing_aid_target=True, p_zero_gains=0.0)
+    examples = fixed_examples(RebalanceDataset([cad2_root], "valid", config), 6, seed=1)
+    again = fixed_examples(RebalanceDataset([cad2_root], "valid", config), 6, seed=1)
+    for ex, ex2 in zip(examples, again, strict=True):
+        assert torch.equal(ex["target"], ex2["target"])  # deterministic for a seed
+        assert ex["mixture"].shape == ex["target"].shape == (2, 22050)
+        assert 2 <= ex["presence"].sum() <= 3 and ex["gains_db"].shape == (len(SLOTS),)
+        assert bool((ex["gains_db"][ex["presence"] == 0] == 0).all())
+        assert bool((ex["gains_db"] != 0).any())
+        ha = HearingAid()(ex["target"][None], ex["ratio"][None], ex["makeup_db"][None])[0]
+        assert torch.allclose(ex["target_hearing_aid"], ha)
+        assert np.isfinite(ex["mixture"].numpy()).all()

@@ -21,7 +21,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from model.audio import SAMPLE_RATE, atomic_write, sidecar_scale
 from model.cad2 import GAIN_STEPS_DB, SLOTS, CAD2Split
-from model.hearing_aid import db_to_gain, level_adjustment_db
+from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
+
+_HEARING_AID = HearingAid()
 
 
 @dataclass
@@ -39,6 +41,8 @@ class ExampleConfig:
     p_subset: float = 0.5
     """Probability of dropping some stems (keeping at least 2)."""
     p_swap_channels: float = 0.5
+    hearing_aid_target: bool = False
+    """Also yield ``target_hearing_aid``: the target through the listener's hearing aid."""
 
 
 def approx_lufs(signal: np.ndarray) -> float:
@@ -60,7 +64,8 @@ class RebalanceDataset(IterableDataset):
     """Infinite stream of example dicts (tensors, float32).
 
     Keys: ``mixture (2, T)``, ``gains_db (12,)``, ``presence (12,)``, ``audiogram (2, 8)`` dB HL,
-    ``ratio (2, 6)``, ``makeup_db (2, 6)``, ``target (2, T)`` (remix before the hearing aid).
+    ``ratio (2, 6)``, ``makeup_db (2, 6)``, ``target (2, T)`` (remix before the hearing aid) and,
+    with ``hearing_aid_target``, ``target_hearing_aid (2, T)`` (the CAD2 reference signal).
     """
 
     def __init__(self, roots: list[str | Path], split: str, config: ExampleConfig | None = None,
@@ -154,7 +159,7 @@ class RebalanceDataset(IterableDataset):
         lsplit, listener_id = self.listeners[rng.integers(len(self.listeners))]
         listener = lsplit.listeners[listener_id]
         ratio, makeup = lsplit.compressor[listener_id].as_arrays()
-        return {
+        out = {
             "mixture": torch.from_numpy(np.ascontiguousarray(mixture)),
             "gains_db": slot_gains,
             "presence": presence,
@@ -163,6 +168,11 @@ class RebalanceDataset(IterableDataset):
             "makeup_db": torch.from_numpy(makeup).float(),
             "target": torch.from_numpy(target),
         }
+        if cfg.hearing_aid_target:
+            with torch.no_grad():
+                out["target_hearing_aid"] = _HEARING_AID(
+                    out["target"][None], out["ratio"][None], out["makeup_db"][None])[0]
+        return out
 
     def __iter__(self):
         info = get_worker_info()
