@@ -112,11 +112,8 @@ def _listener(args: argparse.Namespace):
 
 
 def _rebalance(args: argparse.Namespace) -> None:
-    import numpy as np
-    import pyloudnorm as pyln
-
-    from model.apply import Request, load_model, rebalance
-    from model.audio import SAMPLE_RATE, check_signal, read_audio, resample, write_audio
+    from model.apply import Request, load_model, prepare_input, rebalance
+    from model.audio import SAMPLE_RATE, check_signal, read_audio, write_audio
 
     gains = parse_gains(args.gains)
     audiogram, ratio, makeup = _listener(args)
@@ -124,14 +121,9 @@ def _rebalance(args: argparse.Namespace) -> None:
     request = Request.from_gains(gains, audiogram, ratio, makeup, present=present)
     signal, rate = read_audio(args.input, scale_sidecar=False)
     check_signal(signal, name=str(args.input), channels=(1, 2))
-    if signal.shape[0] == 1:
-        signal = np.repeat(signal, 2, axis=0)
-    signal = resample(signal, rate, SAMPLE_RATE)
-    loudness = pyln.Meter(SAMPLE_RATE).integrated_loudness(signal.T.astype(np.float64))
-    if np.isfinite(loudness):
-        signal = signal * 10 ** ((args.lufs - loudness) / 20)
+    signal = prepare_input(signal, rate, args.lufs)  # stereo, 44.1 kHz, -40 LUFS (as serving)
     model = load_model(_model_dir(args))
-    out = rebalance(model, signal.astype(np.float32), request, progress=True)
+    out = rebalance(model, signal, request, progress=True)
     write_audio(args.out, out, SAMPLE_RATE)
     print(f"wrote {args.out}")
 
@@ -167,6 +159,23 @@ def _export(args: argparse.Namespace) -> None:
     model = load_model(args.run / "best" if (args.run / "best").is_dir() else args.run)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"exported {args.out}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """Replace this process with ``bentoml serve serving.service:Tutti`` (tracking off)."""
+    import shlex
+
+    from serving.config import ENV_CONFIG, ENV_OVERRIDES, load_config
+
+    load_config(args.config, args.overrides)  # fail here, clearly, on a bad setting
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true")
+    if args.config is not None:
+        env[ENV_CONFIG] = str(args.config.resolve())
+    env[ENV_OVERRIDES] = shlex.join(args.overrides)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:Tutti",
+           "--working-dir", str(root), "--host", args.host, "--port", str(args.port)]
+    os.execve(sys.executable, cmd, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder (or a model folder)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_export)
+
+    # --- serving -------------------------------------------------------------------------
+    p = sub.add_parser("serve", help="start the REST/streaming/WebSocket service (BentoML)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML merged over conf/serving.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of conf/serving.yaml")
+    p.set_defaults(func=_serve)
     return parser
 
 
