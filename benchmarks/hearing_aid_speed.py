@@ -19,86 +19,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyloudnorm as pyln
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clarity.enhancer.multiband_compressor import MultibandCompressor  # noqa: E402
 
 from model import hearing_aid as ha_module  # noqa: E402
 from model.hearing_aid import (  # noqa: E402
-    ATTACK_MS,
-    CROSSOVER_HZ,
-    RELEASE_MS,
     SAMPLE_RATE,
-    THRESHOLD_DB,
     HearingAid,
 )
-
-# (ratio, makeup dB) per ear (rows: left, right)
-LISTENERS: dict[str, tuple[list[list[float]], list[list[float]]]] = {
-    "normal": ([[1.0] * 6, [1.0] * 6], [[0.0] * 6, [0.0] * 6]),
-    "L0001": (
-        [[2.1, 1.5, 1.3, 1.5, 2.4, 3.7], [1.9, 1.6, 1.5, 1.5, 2.5, 4.0]],
-        [[9.6, 11.9, 12.9, 16.4, 19.0, 28.0], [8.9, 11.0, 14.1, 16.5, 19.5, 31.0]],
-    ),
-    "severe": (
-        [[2.0, 2.5, 3.5, 4.5, 6.0, 6.0], [2.2, 2.8, 4.0, 5.0, 6.0, 6.0]],
-        [[18.0, 22.0, 27.0, 33.0, 39.0, 40.0], [20.0, 24.0, 29.0, 35.0, 40.0, 40.0]],
-    ),
-}
-
-
-def music_like(seconds: float, seed: int, lufs: float) -> np.ndarray:
-    """Stereo ``(2, samples)`` float64: five voices of harmonic notes with attack/decay envelopes,
-    random pitches and pans, plus a little noise; normalised to ``lufs`` (LUFS)."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    out = np.zeros((2, n))
-    for f0 in (98.0, 196.0, 330.0, 523.0, 784.0):
-        voice = np.zeros(n)
-        for onset in np.sort(rng.uniform(0, seconds, size=int(2 * seconds))):
-            freq = f0 * 2 ** (rng.integers(-5, 6) / 12)
-            i0 = int(onset * SAMPLE_RATE)
-            tt = t[: min(n, i0 + int(rng.uniform(0.2, 1.0) * SAMPLE_RATE)) - i0]
-            env = (1 - np.exp(-tt / rng.uniform(0.002, 0.03))) * np.exp(-tt / rng.uniform(0.1, 0.6))
-            tilt = rng.uniform(0.8, 1.6)
-            note = sum(
-                np.sin(2 * np.pi * h * freq * tt + rng.uniform(0, 2 * np.pi)) / h**tilt
-                for h in range(1, 20)
-                if h * freq < 18000
-            )
-            voice[i0 : i0 + len(tt)] += rng.uniform(0.3, 1.0) * env * note
-        pan = rng.uniform(0.2, 0.8)
-        out += np.stack([voice * (1 - pan), voice * pan])
-    out += 0.003 * np.abs(out).max() * rng.standard_normal((2, n))
-    loudness = pyln.Meter(SAMPLE_RATE).integrated_loudness(out.T)
-    return out * 10 ** ((lufs - loudness) / 20)
+from tests.test_hearing_aid import LISTENERS, music_like, snr_db  # noqa: E402
+from training.evaluate import recipe_hearing_aid  # noqa: E402
 
 
 def pyclarity(signal: np.ndarray, ratio, makeup) -> tuple[np.ndarray, list[float]]:
     """pyclarity's hearing aid per ear as the CAD2 recipe sets it up; output and seconds per ear."""
-    mbc = MultibandCompressor(crossover_frequencies=list(CROSSOVER_HZ), sample_rate=SAMPLE_RATE)
     out, seconds = [], []
     for ear in range(signal.shape[0]):
-        mbc.set_compressors(
-            attack=list(ATTACK_MS),
-            release=list(RELEASE_MS),
-            threshold=[THRESHOLD_DB] * 6,
-            ratio=list(ratio[ear]),
-            makeup_gain=list(makeup[ear]),
-        )
         start = time.perf_counter()
-        out.append(mbc(signal=signal[ear].copy())[0])
+        e = slice(ear, ear + 1)
+        out.append(recipe_hearing_aid(signal[e], np.asarray(ratio)[e], np.asarray(makeup)[e])[0])
         seconds.append(time.perf_counter() - start)
     return np.stack(out), seconds
-
-
-def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """``10 log10(|ref|^2 / |ref - test|^2)`` (dB)."""
-    return float(10 * np.log10(np.sum(reference**2) / np.sum((reference - test) ** 2)))
 
 
 def timed(fn, repeats: int) -> tuple[float, float, float]:

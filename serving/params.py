@@ -66,8 +66,8 @@ class ListenerSpec(BaseModel):
     compressor: Compressor | None = None
 
 
-class LiveParams(BaseModel):
-    """What to do with a live stream: the first WebSocket message."""
+class _Balance(BaseModel):
+    """Fields every request shares: the gains, the ensemble and the listener."""
 
     model_config = _STRICT
     gains: dict[str, float] = Field(
@@ -75,21 +75,20 @@ class LiveParams(BaseModel):
     instruments: list[str] | None = Field(
         None, description="the ensemble (default: the instruments named in gains)")
     listener: ListenerSpec = Field(default_factory=lambda: ListenerSpec(preset="NH"))
+
+
+class LiveParams(_Balance):
+    """What to do with a live stream: the first WebSocket message."""
+
     channels: Literal[1, 2] = Field(2, description="interleaved channels in each binary frame")
     input_gain_db: float = Field(
         0.0, ge=-60, le=60, description="gain applied to the input (dB): the model expects "
         "about -40 LUFS")
 
 
-class RebalanceParams(BaseModel):
+class RebalanceParams(_Balance):
     """What to do with an uploaded recording (the ``params`` JSON part of POST /rebalance)."""
 
-    model_config = _STRICT
-    gains: dict[str, float] = Field(
-        default_factory=dict, description="dB per instrument, e.g. {'Violin_1': 6, 'Cello': -3}")
-    instruments: list[str] | None = Field(
-        None, description="the ensemble (default: the instruments named in gains)")
-    listener: ListenerSpec = Field(default_factory=lambda: ListenerSpec(preset="NH"))
     causal: bool = Field(False, description="use the causal (live) model")
     format: Literal["flac", "wav", "ogg"] = Field("flac", description="output file format")
     sample_rate: int = Field(44100, description="output sample rate (Hz)")

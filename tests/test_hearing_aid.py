@@ -8,12 +8,9 @@ import numpy as np
 import pyloudnorm as pyln
 import pytest
 import torch
-from clarity.enhancer.multiband_compressor import MultibandCompressor
 
 from model.hearing_aid import (
-    ATTACK_MS,
     CROSSOVER_HZ,
-    RELEASE_MS,
     SAMPLE_RATE,
     THRESHOLD_DB,
     HearingAid,
@@ -23,6 +20,7 @@ from model.hearing_aid import (
     reference_remix,
     remix,
 )
+from training.evaluate import recipe_hearing_aid
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -72,18 +70,7 @@ def music_like(seconds: float, seed: int, lufs: float) -> np.ndarray:
 
 def pyclarity_hearing_aid(signal: np.ndarray, ratio, makeup) -> np.ndarray:
     """pyclarity's MultibandCompressor per ear, set up as the CAD2 recipe does: ``(2, T)``."""
-    mbc = MultibandCompressor(crossover_frequencies=list(CROSSOVER_HZ), sample_rate=SAMPLE_RATE)
-    out = []
-    for ear in range(signal.shape[0]):
-        mbc.set_compressors(
-            attack=list(ATTACK_MS),
-            release=list(RELEASE_MS),
-            threshold=[THRESHOLD_DB] * 6,
-            ratio=list(ratio[ear]),
-            makeup_gain=list(makeup[ear]),
-        )
-        out.append(mbc(signal=signal[ear].copy())[0])
-    return np.stack(out)
+    return recipe_hearing_aid(signal, ratio, makeup)
 
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:

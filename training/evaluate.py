@@ -21,13 +21,10 @@ from tqdm import tqdm
 
 from model.audio import SAMPLE_RATE, SUBMISSION_RATE, atomic_write, check_signal, read_audio
 from model.cad2 import CAD2Split, split_folder
+from model.hearing_aid import ATTACK_MS, CROSSOVER_HZ, NUM_BANDS, RELEASE_MS, THRESHOLD_DB
 
 HAAQI_RATE = 24000
 """Rate at which HAAQI compares signals (Hz)."""
-CROSSOVER_HZ = (353.55, 707.11, 1414.21, 2828.43, 5656.85)
-ATTACK_MS = (11, 11, 14, 13, 11, 11)
-RELEASE_MS = (80, 80, 80, 80, 100, 100)
-THRESHOLD_DB = (-30, -30, -30, -30, -30, -30)
 COLUMNS = ("scene", "song", "listener", "left_haaqi", "right_haaqi", "avg_haaqi")
 """The recipe's ``scores.csv`` columns."""
 
@@ -48,9 +45,27 @@ def reference_mixture(split: CAD2Split, scene_id: str) -> np.ndarray:
     return adjust_level(mixed, gains)
 
 
+def recipe_hearing_aid(signal: np.ndarray, ratio, makeup_db) -> np.ndarray:
+    """pyclarity's ``MultibandCompressor`` per ear, set up as the CAD2 recipe does.
+
+    ``signal (ears, samples)``, ``ratio``/``makeup_db (ears, 6)`` -> ``(ears, samples)``.
+    """
+    from clarity.enhancer.multiband_compressor import MultibandCompressor
+
+    enhancer = MultibandCompressor(list(CROSSOVER_HZ), sample_rate=SAMPLE_RATE)
+    out = []
+    for ear in range(signal.shape[0]):
+        enhancer.set_compressors(
+            attack=list(ATTACK_MS), release=list(RELEASE_MS),
+            threshold=[THRESHOLD_DB] * NUM_BANDS, ratio=list(ratio[ear]),
+            makeup_gain=list(makeup_db[ear]),
+        )
+        out.append(enhancer(signal=signal[ear].copy())[0])
+    return np.stack(out)
+
+
 def score_pair(split: CAD2Split, enhanced_dir: str | Path, scene_id: str, listener_id: str) -> dict:
     """HAAQI of one pair: a ``scores.csv`` row."""
-    from clarity.enhancer.multiband_compressor import MultibandCompressor
     from clarity.evaluator.haaqi import compute_haaqi
     from clarity.utils.signal_processing import compute_rms, resample
     from recipes.cad2.task2.baseline.evaluate import set_song_seed
@@ -64,22 +79,14 @@ def score_pair(split: CAD2Split, enhanced_dir: str | Path, scene_id: str, listen
     reference = reference_mixture(split, scene_id)
     set_song_seed(scene_id)
     listener = split.listeners[listener_id].to_clarity()
-    params = split.compressor[listener_id]
-    enhancer = MultibandCompressor(list(CROSSOVER_HZ), sample_rate=SAMPLE_RATE)
+    ratio, makeup = split.compressor[listener_id].as_arrays()
+    ear_references = recipe_hearing_aid(reference.T, ratio, makeup)
     scores = []
-    for ear, (ratio, gain, audiogram) in enumerate(
-        [(params.cr_l, params.gain_l, listener.audiogram_left),
-         (params.cr_r, params.gain_r, listener.audiogram_right)]
-    ):
-        enhancer.set_compressors(
-            attack=list(ATTACK_MS), release=list(RELEASE_MS), threshold=list(THRESHOLD_DB),
-            ratio=list(ratio), makeup_gain=list(gain),
-        )
-        ear_reference = enhancer(signal=reference[:, ear])
+    for ear, audiogram in enumerate([listener.audiogram_left, listener.audiogram_right]):
         scores.append(
             compute_haaqi(
                 processed_signal=resample(enhanced[:, ear], SUBMISSION_RATE, HAAQI_RATE),
-                reference_signal=resample(ear_reference[0], SAMPLE_RATE, HAAQI_RATE),
+                reference_signal=resample(ear_references[ear], SAMPLE_RATE, HAAQI_RATE),
                 processed_sample_rate=HAAQI_RATE,
                 reference_sample_rate=HAAQI_RATE,
                 audiogram=audiogram,
