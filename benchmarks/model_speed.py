@@ -1,9 +1,19 @@
-"""Speed of the shipped Tutti models on a 60 s stereo clip (CPU, 2 threads).
+"""Speed of the shipped Tutti models next to the CAD2 baseline separator (CPU).
 
-Prints seconds and the real-time factor for the non-causal and causal models, the network alone
-(remix before the hearing aid) and with the hearing aid.
+One run prints, on the same machine and load:
 
-Usage: ``python benchmarks/model_speed.py [--seconds 60] [--repeats 3]``
+1. Whole recordings (``--threads`` threads): seconds and real-time factor of the non-causal and
+   causal models on a ``--seconds`` stereo clip, the network alone (remix before the hearing aid)
+   and with the hearing aid.
+2. Live: the causal :class:`model.streaming.Streamer` fed 5 ms hops (220 samples) on one thread:
+   mean / p99 compute time per hop and its share of the hop.
+3. The CAD2 task-2 baseline separator, pyclarity's ``ConvTasNetStereo`` with the recipe's
+   ``conf.yml`` (random weights: only the architecture matters for time), run as the recipe runs
+   it (6 s segments + 10 % overlap, one model per instrument of the scene): time per second of
+   audio for one instrument and for a scene of three, and the ratio to Tutti's time (network +
+   hearing aid) per second of audio.
+
+Usage: ``python benchmarks/model_speed.py [--seconds 60] [--repeats 3] [--baseline-seconds 12]``
 """
 
 from __future__ import annotations
@@ -21,30 +31,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.apply import Request, hearing_aid, load_model, remix  # noqa: E402
+from model.streaming import Streamer  # noqa: E402
+
+HOP = 220
+"""Live hop: 5 ms at 44.1 kHz."""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    x = (0.01 * rng.standard_normal((2, int(args.seconds * 44100)))).astype(np.float32)
-    request = Request.from_gains(
+def _request() -> Request:
+    return Request.from_gains(
         {"Violin_1": 6, "Cello": -3}, np.zeros((2, 8)),
         [[2.1, 1.5, 1.3, 1.5, 2.4, 3.7]] * 2, [[9.6, 11.9, 12.9, 16.4, 19.0, 28.0]] * 2,
         present=["Violin_1", "Violin_2", "Viola", "Cello"],
     )
-    print(f"torch {torch.__version__}, {args.threads} threads, load average "
-          f"{os.getloadavg()[0]:.2f}; clip {args.seconds:.0f} s stereo 44.1 kHz")
+
+
+def whole(x: np.ndarray, repeats: int, seconds: float) -> dict[str, float]:
+    """Real-time factors of both shipped models; returns seconds per audio second (with HA)."""
+    request = _request()
+    per_second = {}
     for name in ("noncausal", "causal"):
         model = load_model(ROOT / "models" / name)
         params = sum(p.numel() for p in model.parameters())
         remix(model, x[:, :44100], request)  # warm-up
         net, full = [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             mixed = remix(model, x, request)
             t1 = time.perf_counter()
@@ -53,9 +63,75 @@ def main() -> None:
             net.append(t1 - t0)
             full.append(t2 - t0)
         n, f = float(np.median(net)), float(np.median(full))
+        per_second[name] = f / seconds
         print(f"{name:10s} ({params / 1e6:.2f} M params): network {n:.2f} s "
-              f"({args.seconds / n:.0f}x real time), with hearing aid {f:.2f} s "
-              f"({args.seconds / f:.0f}x real time)")
+              f"({seconds / n:.0f}x real time), with hearing aid {f:.2f} s "
+              f"({seconds / f:.0f}x real time)")
+    return per_second
+
+
+def live(x: np.ndarray) -> None:
+    """Per-hop compute of the causal Streamer on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = load_model(ROOT / "models" / "causal")
+    streamer = Streamer(model, _request())
+    times = []
+    for start in range(0, x.shape[1] - HOP, HOP):
+        t0 = time.perf_counter()
+        streamer.process(x[:, start : start + HOP])
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    t = np.array(times[20:]) * 1000  # skip warm-up hops
+    hop_ms = 1000 * HOP / 44100
+    print(f"live causal, 1 thread, {HOP}-sample hops ({hop_ms:.2f} ms): mean {t.mean():.2f} ms "
+          f"({100 * t.mean() / hop_ms:.0f} % of the hop), p99 {np.percentile(t, 99):.2f} ms, "
+          f"{len(t)} hops")
+
+
+def baseline(seconds: float, tutti_per_second: dict[str, float]) -> None:
+    """The recipe's ConvTasNet separator, timed as the recipe applies it."""
+    from omegaconf import OmegaConf
+    from recipes.cad2.task2.ConvTasNet.local import tasnet
+
+    conf = OmegaConf.load(Path(tasnet.__file__).with_name("conf.yml"))
+    segment = int(44100 * 6.0 * 1.1)  # the recipe's segment (6 s) plus overlap (10 %)
+    x = torch.from_numpy(0.01 * np.random.default_rng(1).standard_normal(
+        (1, 2, int(seconds * 44100))).astype(np.float32))
+    for causal in (False, True):
+        net = tasnet.ConvTasNetStereo(**{**OmegaConf.to_container(conf.convtasnet),
+                                         "causal": causal}).eval()
+        params = sum(p.numel() for p in net.parameters())
+        with torch.no_grad():
+            net(x[..., :44100])  # warm-up
+            t0 = time.perf_counter()
+            for start in range(0, x.shape[-1], segment):
+                net(x[..., start : start + segment])
+            elapsed = time.perf_counter() - t0
+        one = elapsed / seconds
+        ours = tutti_per_second["causal" if causal else "noncausal"]
+        kind = "causal" if causal else "non-causal"
+        print(f"CAD2 baseline ConvTasNet, {kind} ({params / 1e6:.2f} M params): "
+              f"{one:.3f} s per audio second per instrument, {3 * one:.3f} s for a 3-instrument "
+              f"scene; Tutti {kind} with hearing aid {ours:.4f} s -> {3 * one / ours:.0f}x "
+              f"faster than the baseline's separation alone")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-seconds", type=float, default=12.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    x = (0.01 * rng.standard_normal((2, int(args.seconds * 44100)))).astype(np.float32)
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.2f}; clip {args.seconds:.0f} s stereo 44.1 kHz")
+    per_second = whole(x, args.repeats, args.seconds)
+    live(x[:, : 20 * 44100])
+    baseline(args.baseline_seconds, per_second)
 
 
 if __name__ == "__main__":

@@ -95,10 +95,17 @@ def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
     x = torch.nn.functional.pad(x, (0, (-length) % block))
     total = x.shape[-1]
     if cfg.causal:
-        state = None
-        for start in tqdm(range(0, total, chunk), disable=not progress, desc="rebalance"):
+        # Stream the chunks, then one more block of zeros: the remix lags by ``delay`` samples.
+        x = torch.nn.functional.pad(x, (0, block))
+        state, skip, done = None, cfg.delay, 0
+        for start in tqdm(range(0, total + block, chunk), disable=not progress,
+                          desc="rebalance"):
             y, state = model.remix(x[..., start : start + chunk], gains, presence, listener, state)
-            yield y[0, :, : max(0, min(y.shape[-1], length - start))].cpu().numpy()
+            y = y[0, :, skip : skip + length - done]
+            skip = max(0, skip - chunk)
+            done += y.shape[-1]
+            if y.shape[-1]:
+                yield y.cpu().numpy()
         return
 
     overlap = min(chunk // 2, int(overlap_seconds * cfg.sample_rate) // block * block)
@@ -113,7 +120,7 @@ def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
     done = 0
     for i, start in enumerate(tqdm(starts, disable=not progress, desc="rebalance")):
         piece = x[..., start : start + chunk]
-        y, _ = model.remix(piece, gains, presence, listener)
+        y = model.remix_offline(piece, gains, presence, listener)
         n = piece.shape[-1]
         w = fade[:n]  # un-overlapped edges are restored by the division below
         out[..., start : start + n] += y * w

@@ -453,6 +453,12 @@ class _HearingAidFunction(torch.autograd.Function):
 # --------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16)
+def _band_spectra(sample_rate: int, size: int) -> np.ndarray:
+    """rfft of the crossover impulse responses zero-padded to ``size``: ``(K, size//2 + 1)``."""
+    return scipy.fft.rfft(crossover_impulse_responses(sample_rate), size)
+
+
 class HearingAid(torch.nn.Module):
     """pyclarity's CAD2 multiband compressor (hearing aid), batched, differentiable w.r.t. input.
 
@@ -537,7 +543,7 @@ class HearingAid(torch.nn.Module):
         ``ratio``/``makeup_db`` broadcast to ``(E, 6)``. ``state`` (None at the start) carries the
         last ``taps - 1`` input samples and the smoothers, so consecutive calls of any sizes give
         :meth:`forward` of the whole signal (up to float rounding). The crossover is a direct
-        FIR convolution here (cheap for short blocks).
+        FIR convolution by overlap-save FFTs (band spectra cached per FFT size).
         """
         x = np.ascontiguousarray(x, dtype=np.float64)
         ears, n = x.shape
@@ -550,10 +556,11 @@ class HearingAid(torch.nn.Module):
         buffer = np.concatenate([history, x], axis=1)
         if n == 0:
             return x.copy(), (history, smoother)
-        kernel = torch.from_numpy(np.ascontiguousarray(
-            crossover_impulse_responses(self.sample_rate)[:, ::-1]))[:, None]
-        bands = torch.nn.functional.conv1d(torch.from_numpy(buffer)[:, None], kernel)
-        frames = np.ascontiguousarray(bands.numpy()[:, None])  # (E, 1, K, n)
+        # Overlap-save: the valid part of a circular convolution as long as the buffer.
+        size = scipy.fft.next_fast_len(buffer.shape[1], real=True)
+        spectrum = scipy.fft.rfft(buffer, size)[:, None] * _band_spectra(self.sample_rate, size)
+        bands = scipy.fft.irfft(spectrum, size)[..., self.taps - 1 : self.taps - 1 + n]
+        frames = np.ascontiguousarray(bands[:, None])  # (E, 1, K, n)
         y = np.empty((ears, n))
         _compress_forward(
             frames, n, 0, n, slope, makeup, self.a_att, self.a_rel, self.threshold_db, smoother,

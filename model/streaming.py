@@ -3,8 +3,8 @@
 :class:`Streamer` buffers input into the causal model's blocks (``config.block`` samples, 128 =
 2.9 ms at 44.1 kHz), runs the network with carried state, then the listener's hearing aid with
 carried state. The concatenated output equals the offline causal model on the whole signal
-(to float rounding). Algorithmic latency: at most ``block - 1`` samples after the sample that
-completes a block; the caller's hop adds its own wait.
+(to float rounding). Algorithmic latency: ``config.lookahead`` samples (191 = 4.3 ms: the
+block, plus the filterbank's synthesis overlap); the caller's hop adds its own wait.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ class Streamer:
         self._pending = np.zeros((2, 0), dtype=np.float32)
         self._state: dict | None = None
         self._ha_state = None
+        self._skip = model.config.delay  # leading remix samples that precede the input
+        self._fed = 0
+        self._emitted = 0
 
     @property
     def latency(self) -> int:
         """Worst-case algorithmic latency (samples) between an input sample and its output."""
-        return self.block - 1
+        return self.model.config.lookahead
 
     @property
     def buffered(self) -> int:
@@ -47,6 +50,7 @@ class Streamer:
         if chunk.ndim != 2 or chunk.shape[0] != 2:
             raise ValueError(f"chunk must be (2, samples), got shape {chunk.shape}")
         self._pending = np.concatenate([self._pending, chunk], axis=1)
+        self._fed += chunk.shape[1]
         ready = self._pending.shape[1] // self.block * self.block
         if ready == 0:
             return np.zeros((2, 0), dtype=np.float32)
@@ -54,18 +58,24 @@ class Streamer:
         return self._run(x)
 
     def flush(self) -> np.ndarray:
-        """End of input: process what is buffered (zero-padded to a block) and return it."""
-        n = self._pending.shape[1]
-        if n == 0:
+        """End of input: zero-pad to whole blocks until every input sample has its output."""
+        missing = self._fed - self._emitted
+        if missing <= 0:
             return np.zeros((2, 0), dtype=np.float32)
-        x = np.pad(self._pending, ((0, 0), (0, self.block - n)))
+        n = self._pending.shape[1]
+        # The remix lags by ``delay``: run that much (zero) input past the end.
+        padded = -(-(n + self.model.config.delay) // self.block) * self.block
+        x = np.pad(self._pending, ((0, 0), (0, padded - n)))
         self._pending = np.zeros((2, 0), dtype=np.float32)
-        return self._run(x)[:, :n]
+        return self._run(x)[:, :missing]
 
     @torch.no_grad()
     def _run(self, x: np.ndarray) -> np.ndarray:
         mixed, self._state = self.model.remix(
             torch.from_numpy(x)[None], self.gains, self.presence, self.listener, self._state)
+        mixed = mixed[0, :, self._skip :].double().numpy()
+        self._skip = max(0, self._skip - x.shape[1])
         y, self._ha_state = self.model.hearing_aid.stream(
-            mixed[0].double().numpy(), self.request.ratio, self.request.makeup_db, self._ha_state)
+            mixed, self.request.ratio, self.request.makeup_db, self._ha_state)
+        self._emitted += y.shape[1]
         return y.astype(np.float32)

@@ -2,14 +2,18 @@
 
 ``(mixture (B, 2, T), gains (B, 12) dB, presence (B, 12), listener)`` -> the rebalanced signal
 through the listener's hearing aid ``(B, 2, T)`` at 44.1 kHz. Inside: a multi-scale strided
-convolutional encoder, a local-attention transformer at the bottleneck and a transposed-conv
-decoder with skips, all FiLM-conditioned on gains, presence and audiogram. The network predicts
-the rebalanced remix before the hearing aid as ``level * mixture + correction`` (``level`` is the
-recipe's ``adjust_level`` factor, so a zero correction is the unbalanced mix); the CAD2 hearing
-aid (:class:`model.hearing_aid.HearingAid`) is the last, fixed layer.
+convolutional encoder on the waveform (joined by the mixture's log spectrum at the filterbank's
+frame rate), a local-attention transformer at the bottleneck and a transposed-conv decoder with
+skips, all FiLM-conditioned on gains, presence and audiogram. The decoder ends in a time-frequency
+gain (per ear, frame and bin of a low-delay STFT, :mod:`model.filterbank`) applied to
+``level * mixture`` (``level`` is the recipe's ``adjust_level`` factor, so a unit gain is the
+unbalanced mix); the CAD2 hearing aid (:class:`model.hearing_aid.HearingAid`) is the last, fixed
+layer.
 
-The causal variant sees input up to the end of its current block of ``prod(strides)`` samples
-(at most ``prod(strides) - 1`` samples ahead); every layer streams with carried state.
+:meth:`TuttiModel.remix` works in blocks of ``prod(strides)`` samples and returns its output
+``delay`` samples late (the filterbank's synthesis overlap); :meth:`TuttiModel.remix_offline`
+aligns it. The causal variant sees at most ``lookahead`` samples ahead (191 = 4.3 ms); every layer
+streams with carried state.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
 from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
-from model.layers import DecoderLayer, EncoderLayer, TransformerLayer, sinusoid_features
+from model.filterbank import LowDelaySTFT
+from model.layers import (DecoderLayer, EncoderLayer, FiLM, StreamConv1d, TransformerLayer,
+                          pointwise, sinusoid_features)
 
 
 class TuttiConfig(PretrainedConfig):
@@ -35,7 +43,9 @@ class TuttiConfig(PretrainedConfig):
         causal: bool = False,
         sample_rate: int = 44100,
         channels: tuple[int, ...] = (32, 64, 128),
-        strides: tuple[int, ...] = (8, 4, 4),
+        strides: tuple[int, ...] = (8, 8, 2),
+        fb_window: int = 1024,
+        fb_synthesis: int = 128,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -50,6 +60,8 @@ class TuttiConfig(PretrainedConfig):
         self.sample_rate = int(sample_rate)
         self.channels = list(channels)
         self.strides = list(strides)
+        self.fb_window = int(fb_window)
+        self.fb_synthesis = int(fb_synthesis)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -62,11 +74,32 @@ class TuttiConfig(PretrainedConfig):
 
     @property
     def block(self) -> int:
-        """Samples per bottleneck frame; causal lookahead is at most ``block - 1`` samples."""
+        """Samples per bottleneck frame: :meth:`TuttiModel.remix` takes multiples of it."""
         out = 1
         for s in self.strides:
             out *= s
         return out
+
+    @property
+    def delay(self) -> int:
+        """Samples by which :meth:`TuttiModel.remix` output lags its input."""
+        return self.fb_synthesis // 2
+
+    @property
+    def lookahead(self) -> int:
+        """Causal: the furthest input sample ahead of an output sample that it depends on."""
+        return self.block - 1 + self.delay
+
+    @property
+    def mask_level(self) -> int:
+        """Index of the encoder level whose frame rate is the filterbank hop."""
+        hop, out = self.fb_synthesis // 2, 1
+        for i, s in enumerate(self.strides):
+            out *= s
+            if out == hop:
+                return i
+        raise ValueError(f"no encoder level has the filterbank hop {hop} (strides "
+                         f"{self.strides})")
 
 
 @dataclass
@@ -94,10 +127,14 @@ class TuttiModel(PreTrainedModel):
         cond_in = n * 16 + n + n + 16 + 24
         self.cond = nn.Sequential(nn.Linear(cond_in, cd), nn.GELU(), nn.Linear(cd, cd), nn.GELU())
         chans = [2, *config.channels]
+        k = config.mask_level
+        self.filterbank = LowDelaySTFT(config.fb_window, config.fb_synthesis)
+        bins = self.filterbank.bins
         self.encoder = nn.ModuleList(
             EncoderLayer(chans[i], chans[i + 1], s, cd, causal=causal)
             for i, s in enumerate(config.strides)
         )
+        self.spectrum = nn.Conv1d(2 * bins, chans[k + 1], 1)
         self.to_dim = nn.Conv1d(chans[-1], config.dim, 1)
         self.transformer = nn.ModuleList(
             TransformerLayer(config.dim, config.heads, config.ffn, config.window, cd, causal=causal)
@@ -105,13 +142,18 @@ class TuttiModel(PreTrainedModel):
         )
         self.from_dim = nn.Conv1d(config.dim, chans[-1], 1)
         self.decoder = nn.ModuleList(
-            DecoderLayer(chans[i + 1], chans[i], s, cd, causal=causal, last=(i == 0))
-            for i, s in reversed(list(enumerate(config.strides)))
+            DecoderLayer(chans[i + 1], chans[i], config.strides[i], cd, causal=causal)
+            for i in reversed(range(k + 1, len(config.strides)))
         )
+        c = chans[k + 1]
+        self.head_context = StreamConv1d(c, 2 * c, 3, causal=causal)
+        self.head_film = FiLM(cd, 2 * c)
+        self.head = nn.Conv1d(c, 2 * bins, 1)
         self.hearing_aid = HearingAid(config.sample_rate)
         self.post_init()
-        # Start as the identity rebalancer: the correction begins at zero.
-        nn.init.zeros_(self.decoder[-1].up.proj.weight)
+        # Start as the identity rebalancer: every log-gain begins at zero.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -137,30 +179,53 @@ class TuttiModel(PreTrainedModel):
         listener: Listener,
         state: dict | None = None,
     ) -> tuple[Tensor, dict | None]:
-        """Rebalanced remix before the hearing aid ``(B, 2, T)``; T a multiple of ``block``.
+        """Rebalanced remix before the hearing aid ``(B, 2, T)``, ``delay`` samples late
+        (its first ``delay`` samples precede the input); T a multiple of ``block``.
 
-        ``state`` carries a causal stream (None: start of the signal).
+        ``state`` carries a stream (None: start of the signal); the non-causal model also returns
+        one, but only the causal model's streamed output equals one pass over the whole signal.
         """
         cfg = self.config
         presence = presence.to(mixture.dtype)
-        cond = self.conditioning(gains_db, presence, listener)
-        level = db_to_gain(level_adjustment_db(gains_db, presence > 0)).to(mixture.dtype)
-        scale = 10 ** (cfg.input_gain_db / 20)
         state = state or {}
         new_state: dict = {}
+        if "cond" in state:  # a stream keeps its request: conditioning and level are fixed
+            cond, level = state["cond"]
+        else:
+            cond = self.conditioning(gains_db, presence, listener)
+            level = db_to_gain(level_adjustment_db(gains_db, presence > 0)).to(mixture.dtype)
+        new_state["cond"] = (cond, level)
+        scale = 10 ** (cfg.input_gain_db / 20)
+        spectra, new_state["fb_in"] = self.filterbank.analyse(mixture, state.get("fb_in"))
         x = mixture * scale
         skips = []
         for i, layer in enumerate(self.encoder):
             x, new_state[f"enc{i}"] = layer(x, cond, state.get(f"enc{i}"))
+            if i == cfg.mask_level:
+                power = torch.log1p((spectra.abs() * scale).square()) / 5.0
+                x = x + pointwise(self.spectrum, rearrange(power, "b c t f -> b (c f) t"))
             skips.append(x)
-        x = self.to_dim(x)
+        x = pointwise(self.to_dim, x)
         for i, layer in enumerate(self.transformer):
             x, new_state[f"tf{i}"] = layer(x, cond, state.get(f"tf{i}"))
-        x = self.from_dim(x)
+        x = pointwise(self.from_dim, x)
         for i, layer in enumerate(self.decoder):
             x, new_state[f"dec{i}"] = layer(x + skips.pop(), cond, state.get(f"dec{i}"))
-        out = level[:, None, None] * mixture + x / scale
-        return out, (new_state if cfg.causal else None)
+        x, new_state["head"] = self.head_context(x + skips.pop(), state.get("head"))
+        x = F.glu(self.head_film(x, cond), dim=1)
+        log_gain = rearrange(pointwise(self.head, x), "b (c f) t -> b c t f", c=2)
+        gain = torch.exp(4.0 * torch.tanh(log_gain / 4.0)) * level[:, None, None, None]
+        out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
+                                                              state.get("fb_out"))
+        return out, new_state
+
+    def remix_offline(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
+                      listener: Listener) -> Tensor:
+        """Remix of a whole signal ``(B, 2, T)`` (any T), aligned with its input."""
+        length = mixture.shape[-1]
+        pad = (-length) % self.config.block + self.config.block
+        out, _ = self.remix(F.pad(mixture, (0, pad)), gains_db, presence, listener)
+        return out[..., self.config.delay : self.config.delay + length]
 
     def forward(
         self,
@@ -178,11 +243,8 @@ class TuttiModel(PreTrainedModel):
         and ``presence (B, 12)`` over :data:`model.cad2.SLOTS`, ``audiogram (B, 2, 8)`` dB HL,
         ``ratio``/``makeup_db (B, 2, 6)``.
         """
-        length = mixture.shape[-1]
-        pad = (-length) % self.config.block
-        x = nn.functional.pad(mixture, (0, pad))
-        remix, _ = self.remix(x, gains_db, presence, Listener(audiogram, ratio, makeup_db))
-        remix = remix[..., :length]
+        remix = self.remix_offline(mixture, gains_db, presence,
+                                   Listener(audiogram, ratio, makeup_db))
         if not hearing_aid:
             return remix
         return self.hearing_aid(remix, ratio, makeup_db)

@@ -95,7 +95,7 @@ class Engine:
         listener = Listener(*(torch.cat([getattr(t[2], k) for t in tensors]).to(device)
                               for k in ("audiogram", "ratio", "makeup_db")))
         xt = torch.from_numpy(x).to(device)
-        mixed, _ = model.remix(xt, gains, presence, listener)  # one chunk (<= chunk_seconds)
+        mixed = model.remix_offline(xt, gains, presence, listener)  # one chunk (<= chunk_seconds)
         ratio = torch.as_tensor(np.stack([j.request.ratio for j in jobs]), dtype=torch.float64)
         makeup = torch.as_tensor(np.stack([j.request.makeup_db for j in jobs]),
                                  dtype=torch.float64)

@@ -12,7 +12,7 @@ from model.apply import Request, load_model, remix
 from model.cad2 import SLOTS
 from model.tutti import Listener, TuttiConfig, TuttiModel
 
-SMALL = dict(channels=(8, 16, 32), strides=(8, 4, 4), dim=32, heads=2, ffn=64, layers=2,
+SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
              window=8, cond_dim=32)
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
@@ -20,8 +20,8 @@ LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 def _model(causal: bool) -> TuttiModel:
     torch.manual_seed(0)
     model = TuttiModel(TuttiConfig(causal=causal, **SMALL)).eval()
-    # A trained-looking (non-zero) correction path.
-    torch.nn.init.normal_(model.decoder[-1].up.proj.weight, std=0.05)
+    # A trained-looking (non-zero) gain head.
+    torch.nn.init.normal_(model.head.weight, std=0.05)
     return model
 
 
@@ -46,7 +46,7 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
 
 def test_causal_model_sees_at_most_5ms_ahead() -> None:
     model = _model(causal=True)
-    assert model.config.block - 1 <= LOOKAHEAD
+    assert model.config.lookahead <= LOOKAHEAD
     mixture, *cond = _inputs()
     with torch.no_grad():
         y = model(mixture, *cond)
@@ -94,8 +94,8 @@ def test_remix_streams_with_state() -> None:
     assert (streamed - offline).abs().max() <= 1e-5
 
 
-def test_zero_correction_is_the_level_adjusted_mixture() -> None:
-    model = TuttiModel(TuttiConfig(**SMALL)).eval()  # fresh: correction layer is zero
+def test_unit_gain_is_the_level_adjusted_mixture() -> None:
+    model = TuttiModel(TuttiConfig(**SMALL)).eval()  # fresh: the gain head starts at 0 dB
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()
     with torch.no_grad():
         y = model(mixture, gains, presence, audiogram, ratio, makeup, hearing_aid=False)

@@ -20,7 +20,8 @@ def _overrides(root: Path, run: Path, steps: int) -> list[str]:
 
 def test_train_checkpoint_and_resume(cad2_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    train(load_config(CONF, _overrides(cad2_root, run, 4)), progress=False)
+    train(load_config(CONF, [*_overrides(cad2_root, run, 4), "train.valid_haaqi_pairs=1"]),
+          progress=False)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["step"] == 4
     assert sorted(p.name for p in (run / "checkpoint").iterdir()) == [
@@ -33,6 +34,9 @@ def test_train_checkpoint_and_resume(cad2_root: Path, tmp_path: Path) -> None:
     assert [int(r["step"]) for r in rows if r["total"]] == [2, 4, 6]
     assert all(float(r["total"]) > 0 for r in rows if r["total"])
     assert any(r["valid_sisdr"] for r in rows)
+    # The first run scored one validation pair with the recipe's HAAQI at each validation.
+    haaqi = [float(r["valid_haaqi"]) for r in rows if r["valid_haaqi"]]
+    assert len(haaqi) == 1 and 0.0 < haaqi[0] <= 1.0
 
 
 def test_ddp_two_processes(cad2_root: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Training loop: on-the-fly examples, AdamW with warm-up + cosine decay, gradient clipping,
-checkpoint/resume (safetensors + JSON), CSV log, periodic validation (loss, SI-SDR, HAAQI).
+checkpoint/resume (safetensors + JSON), CSV log, periodic validation (loss, SI-SDR, and the
+recipe's HAAQI on a few fixed validation pairs).
 
 Single process, or several with ``torchrun`` (DDP, gloo on CPU, NCCL on GPU). Configs are YAML
 files in ``conf/`` read with OmegaConf; a ``base:`` key names a file the config extends.
@@ -133,6 +134,31 @@ def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
             "valid_sisdri": float(np.mean(gain)) if gain else float("nan")}
 
 
+def validate_haaqi(model: TuttiModel, root: str | Path, split: str, pairs: int) -> float:
+    """Mean HAAQI (the recipe's) of ``model`` on the first ``pairs`` scene x listener pairs of
+    ``split`` of the CAD2 root ``root``: whole excerpts, hearing aid included."""
+    import tempfile
+
+    from model.batch import model_system, run_batch
+    from training.evaluate import evaluate
+
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tutti-valid-") as tmp:
+            run_batch(root, split, tmp, model_system(model), limit=pairs, desc="valid remix")
+            mean, _ = evaluate(root, split, tmp, limit=pairs)
+    finally:
+        model.train(was_training)
+    return mean
+
+
+def _haaqi_root(roots: list[str], split: str) -> str | None:
+    """The first root that has ``split`` (validation HAAQI reads it)."""
+    return next((r for r in roots if (Path(r) / "metadata" / f"scenes.{split}.json").is_file()),
+                None)
+
+
 def train(cfg: DictConfig, progress: bool = True) -> Path:
     """Train (resuming from ``run_dir/checkpoint`` if present); returns the run folder."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -217,6 +243,11 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{row['total']:.3f}")
         if valid is not None and step % int(cfg.train.valid_every) == 0:
             row.update(validate(model, loss_fn, valid, int(cfg.optim.batch_size)))
+            haaqi_pairs = int(cfg.train.get("valid_haaqi_pairs", 0))
+            haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
+            if haaqi_root is not None:
+                row["valid_haaqi"] = validate_haaqi(model, haaqi_root, cfg.data.valid_split,
+                                                    haaqi_pairs)
             if row["valid_loss"] < state["best_valid_loss"]:
                 state["best_valid_loss"] = row["valid_loss"]
                 model.save_pretrained(run_dir / "best", safe_serialization=True)
@@ -236,7 +267,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
 
 LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "hearing_aid",
-              "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri")
+              "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
+              "valid_haaqi")
 
 
 def _log(path: Path, row: dict) -> None:

@@ -1,0 +1,88 @@
+"""Low-delay STFT: long asymmetric analysis window, short synthesis window, streamable.
+
+The analysis window (``window`` samples, 1024 = 23 ms) gives fine frequency resolution; the
+synthesis window covers only its last ``synthesis`` samples (128), so a frame's output ends with
+its input: the whole filterbank delays by ``synthesis - hop`` samples (64 = 1.5 ms) and peeks at
+no future sample. Analysis x synthesis is a periodic Hann of ``synthesis`` samples, which sums to
+one at ``hop = synthesis / 2``, so an all-ones gain reconstructs the input exactly (delayed).
+
+Frame ``j`` ends at input sample ``hop * (j + 1) - 1``; its output covers
+``[hop * (j - 1), hop * (j + 1))``. Signals are ``(B, C, T)`` with ``T`` a multiple of ``hop``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def low_delay_windows(window: int, synthesis: int) -> tuple[Tensor, Tensor]:
+    """Analysis and synthesis windows ``(window,)`` (float64).
+
+    Analysis: the rising half of a Hann window up to ``window - synthesis / 2`` samples, then the
+    falling half of a square-root Hann of ``synthesis`` samples. Synthesis: periodic Hann of
+    ``synthesis`` samples divided by the analysis window over the last ``synthesis`` samples.
+    """
+    if synthesis % 2 or synthesis > window:
+        raise ValueError("synthesis must be even and at most window")
+    rise = window - synthesis // 2
+    n = torch.arange(rise, dtype=torch.float64)
+    rising = 0.5 * (1 - torch.cos(math.pi * n / rise))
+    hann = 0.5 * (1 - torch.cos(2 * math.pi * torch.arange(synthesis, dtype=torch.float64)
+                                / synthesis))
+    analysis = torch.cat([rising, hann[synthesis // 2 :].sqrt()])
+    synth = torch.zeros(window, dtype=torch.float64)
+    tail = analysis[window - synthesis :]
+    synth[window - synthesis :] = torch.where(tail > 0, hann / tail.clamp(min=1e-12), 0.0)
+    return analysis, synth
+
+
+class LowDelaySTFT(nn.Module):
+    """Analysis ``(B, C, T) -> (B, C, T / hop, window / 2 + 1)`` complex and gain-synthesis.
+
+    Both carry state for streaming: the analysis keeps the last ``window - hop`` input samples,
+    the synthesis the overlapping half of the last frame's output.
+    """
+
+    def __init__(self, window: int = 1024, synthesis: int = 128) -> None:
+        super().__init__()
+        self.window, self.synthesis, self.hop = window, synthesis, synthesis // 2
+        analysis, synth = low_delay_windows(window, synthesis)
+        self.register_buffer("analysis_window", analysis.float())
+        # Persistent: transformers' loader leaves non-persistent buffers uninitialised.
+        self.register_buffer("synthesis_window", synth[window - synthesis :].float())
+
+    @property
+    def bins(self) -> int:
+        return self.window // 2 + 1
+
+    @property
+    def delay(self) -> int:
+        """Output delay of analysis + synthesis (samples)."""
+        return self.synthesis - self.hop
+
+    def analyse(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Spectra ``(B, C, T / hop, bins)`` of ``x (B, C, T)``; state: past input samples."""
+        if x.shape[-1] % self.hop:
+            raise ValueError(f"length {x.shape[-1]} is not a multiple of the hop {self.hop}")
+        past = self.window - self.hop
+        if state is None:
+            state = x.new_zeros(*x.shape[:-1], past)
+        x = torch.cat([state, x], dim=-1)
+        frames = x.unfold(-1, self.window, self.hop) * self.analysis_window.to(x.dtype)
+        return torch.fft.rfft(frames), x[..., x.shape[-1] - past :]
+
+    def synthesise(self, spectra: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Signal ``(B, C, frames * hop)`` delayed by :attr:`delay`, from spectra
+        ``(B, C, frames, bins)``; state: the last frame's overlapping half ``(B, C, hop)``."""
+        h = self.hop
+        frames = torch.fft.irfft(spectra, n=self.window)[..., self.window - self.synthesis :]
+        frames = frames * self.synthesis_window.to(frames.dtype)
+        first, second = frames[..., :h], frames[..., h:]
+        if state is None:
+            state = first.new_zeros(*first.shape[:-2], h)
+        previous = torch.cat([state[..., None, :], second[..., :-1, :]], dim=-2)
+        y = (first + previous).flatten(-2)
+        return y, second[..., -1, :]
