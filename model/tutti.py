@@ -27,10 +27,17 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
-from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
 from model.filterbank import LowDelaySTFT
-from model.layers import (DecoderLayer, EncoderLayer, FiLM, StreamConv1d, TransformerLayer,
-                          pointwise, sinusoid_features)
+from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
+from model.layers import (
+    DecoderLayer,
+    EncoderLayer,
+    FiLM,
+    StreamConv1d,
+    TransformerLayer,
+    pointwise,
+    sinusoid_features,
+)
 
 
 class TuttiConfig(PretrainedConfig):
