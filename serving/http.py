@@ -172,9 +172,12 @@ async def _live_session(websocket: WebSocket, rt: runtime.Runtime) -> None:
             raise ClientError(400, f"params are not valid JSON: {err}") from None
         params = parse_params(LiveParams, data)
         assert isinstance(params, LiveParams)
+        if params.sample_rate not in list(cfg.audio.output_rates):
+            raise ClientError(422, f"sample_rate {params.sample_rate} Hz: choose one of "
+                                   f"{list(cfg.audio.output_rates)}")
         session = LiveSession(rt.engine.models[True], resolve(params, rt.presets, cfg),
                               params.channels, params.input_gain_db,
-                              int(cfg.limits.max_frame_samples))
+                              int(cfg.limits.max_frame_samples), params.sample_rate)
         await websocket.send_json(session.ready_message(float(cfg.streaming.hop_ms)))
         queue: asyncio.Queue = asyncio.Queue(maxsize=_MAX_QUEUED_FRAMES)
         reader = asyncio.create_task(_read_frames(websocket, session, queue, idle))

@@ -1,6 +1,9 @@
 """Live causal rebalancing over a WebSocket (``/ws/stream``).
 
-Protocol (44.1 kHz, float32 little-endian PCM, channels interleaved):
+Protocol (float32 little-endian PCM, channels interleaved; 44.1 kHz unless the params name
+another ``sample_rate`` from ``audio.output_rates``, which is converted to and from the model's
+44.1 kHz by soxr's streaming "quick" resampler: it holds back no samples, so it adds no latency,
+at some cost in quality):
 
 1. Client connects. Over ``limits.max_live_sessions`` the handshake is refused with HTTP 429.
 2. Client sends one text message: JSON :class:`serving.params.LiveParams` (gains, instruments,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import soxr
 
 from model.apply import Request
 from model.streaming import Streamer
@@ -42,12 +46,21 @@ class LiveSession:
         channels: interleaved channels of incoming frames (1 or 2).
         input_gain_db: gain applied to incoming samples (dB).
         max_frame_samples: largest accepted frame (samples per channel).
+        sample_rate: rate of incoming and outgoing frames (Hz).
     """
 
     def __init__(self, model: TuttiModel, request: Request, channels: int = 2,
-                 input_gain_db: float = 0.0, max_frame_samples: int = 44100) -> None:
+                 input_gain_db: float = 0.0, max_frame_samples: int = 44100,
+                 sample_rate: int | None = None) -> None:
         self.streamer = Streamer(model, request)
         self.channels = channels
+        model_rate = model.config.sample_rate
+        self.rate = int(sample_rate or model_rate)
+        self._resample = None
+        if self.rate != model_rate:
+            self._resample = (
+                soxr.ResampleStream(self.rate, model_rate, 2, dtype="float32", quality="QQ"),
+                soxr.ResampleStream(model_rate, self.rate, 2, dtype="float32", quality="QQ"))
         self.gain = np.float32(10 ** (input_gain_db / 20))
         self.max_frame_samples = max_frame_samples
         self.samples_in = 0
@@ -55,8 +68,8 @@ class LiveSession:
 
     def ready_message(self, hop_ms: float) -> dict[str, object]:
         """The reply to the params message."""
-        rate = self.streamer.model.config.sample_rate
-        latency = self.streamer.latency
+        rate = self.rate
+        latency = int(round(self.streamer.latency * rate / self.streamer.model.config.sample_rate))
         return {"type": "ready", "sample_rate": rate, "channels": self.channels,
                 "output_channels": 2, "latency_samples": latency,
                 "latency_ms": round(1000 * latency / rate, 3),
@@ -84,11 +97,26 @@ class LiveSession:
     def process(self, frame: np.ndarray) -> bytes:
         """Feed ``(2, n)``; the processed samples now available, interleaved float32 bytes."""
         self.samples_in += frame.shape[1]
-        return self._bytes(self.streamer.process(frame))
+        if self._resample is None:
+            return self._bytes(self.streamer.process(frame))
+        into, out_of = self._resample
+        x = into.resample_chunk(np.ascontiguousarray(frame.T)).T
+        return self._bytes(out_of.resample_chunk(np.ascontiguousarray(
+            self.streamer.process(x).T)).T)
 
     def flush(self) -> bytes:
         """End of input: the remaining processed samples."""
-        return self._bytes(self.streamer.flush())
+        if self._resample is None:
+            return self._bytes(self.streamer.flush())
+        into, out_of = self._resample
+        x = into.resample_chunk(np.zeros((0, 2), np.float32), last=True).T
+        y = np.concatenate([self.streamer.process(x), self.streamer.flush()], axis=1)
+        out = out_of.resample_chunk(np.ascontiguousarray(y.T), last=True).T
+        # The two conversions round the count: answer exactly one output per input sample.
+        missing = self.samples_in - self.samples_out - out.shape[1]
+        if missing > 0:
+            out = np.pad(out, ((0, 0), (0, missing)))
+        return self._bytes(out[:, : max(0, self.samples_in - self.samples_out)])
 
     def _bytes(self, y: np.ndarray) -> bytes:
         self.samples_out += y.shape[1]

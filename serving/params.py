@@ -81,6 +81,8 @@ class LiveParams(_Balance):
     """What to do with a live stream: the first WebSocket message."""
 
     channels: Literal[1, 2] = Field(2, description="interleaved channels in each binary frame")
+    sample_rate: int = Field(44100, description="rate of the binary frames in both directions "
+                             "(Hz); rates other than 44100 go through a low-latency resampler")
     input_gain_db: float = Field(
         0.0, ge=-60, le=60, description="gain applied to the input (dB): the model expects "
         "about -40 LUFS")

@@ -334,6 +334,7 @@ def test_live_any_frame_size_matches_offline(server: str, causal_model) -> None:
 
 @pytest.mark.parametrize("first, frame, status, words", [
     ({"gains": {"Tuba": 1}}, None, 422, "unknown instrument"),
+    ({"gains": {"Cello": 1}, "sample_rate": 22050}, None, 422, "sample_rate 22050 Hz"),
     ("not json", None, 400, "not valid JSON"),
     (b"\x00\x00", None, 400, "first message must be the JSON params"),
     ({"gains": {"Cello": 1}}, b"\x00" * 6, 400, "not a whole number of samples"),
