@@ -186,6 +186,9 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     state = {"step": 0, "best_valid_loss": float("inf"), "examples": 0}
     if (ckpt / "state.json").is_file():
         state.update(load_checkpoint(ckpt, model, optimizer))
+    elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
+        init = Path(os.path.expanduser(str(cfg.train.init_from)))
+        model.load_state_dict(load_file(str(init / "model.safetensors")))
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
@@ -267,7 +270,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     return run_dir
 
 
-LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "hearing_aid",
+LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "compressed",
+              "hearing_aid",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
               "valid_haaqi")
 

@@ -1,0 +1,49 @@
+"""Training losses: what each term rewards and punishes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.losses import RemixLoss, compressed_spectrum_loss, si_sdr
+
+SR = 44100
+
+
+def _tone(freq: float, amp: float, seconds: float = 0.5) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR)) / SR
+    x = amp * torch.sin(2 * math.pi * freq * t)
+    return torch.stack([x, x])[None]  # (1, 2, T)
+
+
+def test_compressed_loss_weights_loud_bins() -> None:
+    loud, quiet = _tone(440, 0.1), _tone(3000, 0.001)
+    target = loud + quiet
+    assert compressed_spectrum_loss(target, target).item() < 1e-6
+    # The same relative error (-6 dB) on the loud tone costs more than on the quiet one ...
+    on_loud = compressed_spectrum_loss(0.5 * loud + quiet, target).item()
+    on_quiet = compressed_spectrum_loss(loud + 0.5 * quiet, target).item()
+    assert on_loud > 2 * on_quiet > 0
+    # ... and it is relative: scaling both signals leaves it unchanged.
+    assert math.isclose(compressed_spectrum_loss(0.5 * loud + quiet, target).item(),
+                        compressed_spectrum_loss(5 * loud + 10 * quiet, 10 * target).item(),
+                        rel_tol=1e-3)
+
+
+def test_remix_loss_terms() -> None:
+    loss = RemixLoss([1024, 256], [256, 64], [1024, 256], w_compressed=5.0)
+    target = _tone(440, 0.1) + _tone(1500, 0.02)
+    same = loss(target, target)
+    assert set(same) == {"mrstft", "sum_diff", "l1", "compressed", "total"}
+    assert same["total"].item() < 1e-3
+    worse = loss(_tone(440, 0.1), target)  # one instrument missing
+    assert worse["total"].item() > 0.1 and worse["compressed"].item() > 0.05
+
+
+def test_si_sdr_is_scale_invariant() -> None:
+    target = _tone(440, 0.1)
+    noisy = target + 0.01 * torch.randn_like(target)
+    assert torch.allclose(si_sdr(noisy, target), si_sdr(3 * noisy, target), atol=1e-4)
+    assert si_sdr(noisy, target).item() > si_sdr(target + 0.05 * torch.randn_like(target),
+                                                 target).item()
