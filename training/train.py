@@ -270,8 +270,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     return run_dir
 
 
-LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "compressed",
-              "hearing_aid",
+LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "neg_sisdr",
+              "compressed", "hearing_aid",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
               "valid_haaqi")
 
