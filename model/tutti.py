@@ -18,8 +18,10 @@ streams with carried state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -53,6 +55,7 @@ class TuttiConfig(PretrainedConfig):
         strides: tuple[int, ...] = (8, 8, 2),
         fb_window: int = 1024,
         fb_synthesis: int = 128,
+        gain_bands: int = 0,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -69,6 +72,7 @@ class TuttiConfig(PretrainedConfig):
         self.strides = list(strides)
         self.fb_window = int(fb_window)
         self.fb_synthesis = int(fb_synthesis)
+        self.gain_bands = int(gain_bands)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -107,6 +111,22 @@ class TuttiConfig(PretrainedConfig):
                 return i
         raise ValueError(f"no encoder level has the filterbank hop {hop} (strides "
                          f"{self.strides})")
+
+
+def band_matrix(bands: int, bins: int, sample_rate: int) -> Tensor:
+    """``(bands, bins)`` triangular interpolation from log-spaced band centres (50 Hz to 16 kHz)
+    to STFT bins; each bin's weights sum to one (flat band gains give flat bin gains)."""
+    freqs = np.linspace(0, sample_rate / 2, bins)
+    log_centres = np.linspace(math.log(50.0), math.log(16000.0), bands)
+    pos = np.log(np.clip(freqs, 50.0, 16000.0))
+    idx = np.clip(np.searchsorted(log_centres, pos), 1, bands - 1)
+    lo, hi = log_centres[idx - 1], log_centres[idx]
+    frac = np.clip((pos - lo) / (hi - lo), 0, 1)
+    out = np.zeros((bands, bins))
+    cols = np.arange(bins)
+    out[idx - 1, cols] = 1 - frac
+    out[idx, cols] += frac
+    return torch.from_numpy(out.astype(np.float32))
 
 
 @dataclass
@@ -161,6 +181,13 @@ class TuttiModel(PreTrainedModel):
         # Start as the identity rebalancer: every log-gain begins at zero.
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        if config.gain_bands:
+            # Smooth gains on a few log-spaced bands, spread to the bins (learns fast, EQ-like).
+            self.band_head = nn.Conv1d(c, 2 * config.gain_bands, 1)
+            nn.init.zeros_(self.band_head.weight)
+            nn.init.zeros_(self.band_head.bias)
+            self.register_buffer("band_to_bin", band_matrix(config.gain_bands, bins,
+                                                            config.sample_rate))
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -221,6 +248,9 @@ class TuttiModel(PreTrainedModel):
         x, new_state["head"] = self.head_context(x + skips.pop(), state.get("head"))
         x = F.glu(self.head_film(x, cond), dim=1)
         log_gain = rearrange(pointwise(self.head, x), "b (c f) t -> b c t f", c=2)
+        if cfg.gain_bands:
+            bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
+            log_gain = log_gain + bands @ self.band_to_bin
         gain = torch.exp(4.0 * torch.tanh(log_gain / 4.0)) * level[:, None, None, None]
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))

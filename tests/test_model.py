@@ -13,7 +13,7 @@ from model.cad2 import SLOTS
 from model.tutti import Listener, TuttiConfig, TuttiModel
 
 SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
-             window=8, cond_dim=32)
+             window=8, cond_dim=32, gain_bands=4)
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -22,6 +22,7 @@ def _model(causal: bool) -> TuttiModel:
     model = TuttiModel(TuttiConfig(causal=causal, **SMALL)).eval()
     # A trained-looking (non-zero) gain head.
     torch.nn.init.normal_(model.head.weight, std=0.05)
+    torch.nn.init.normal_(model.band_head.weight, std=0.05)
     return model
 
 

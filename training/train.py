@@ -188,7 +188,11 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         state.update(load_checkpoint(ckpt, model, optimizer))
     elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
         init = Path(os.path.expanduser(str(cfg.train.init_from)))
-        model.load_state_dict(load_file(str(init / "model.safetensors")))
+        # Not strict: a config may add layers the saved model lacks (they keep their init).
+        missing, unexpected = model.load_state_dict(load_file(str(init / "model.safetensors")),
+                                                    strict=False)
+        if unexpected:
+            raise ValueError(f"{init}: weights this config has no place for: {unexpected[:5]}")
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
