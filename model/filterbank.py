@@ -71,8 +71,12 @@ class LowDelaySTFT(nn.Module):
         if state is None:
             state = x.new_zeros(*x.shape[:-1], past)
         x = torch.cat([state, x], dim=-1)
-        frames = x.unfold(-1, self.window, self.hop) * self.analysis_window.to(x.dtype)
-        return torch.fft.rfft(frames), x[..., x.shape[-1] - past :]
+        lead = x.shape[:-1]
+        spectra = torch.stft(x.reshape(-1, x.shape[-1]), self.window, self.hop,
+                             window=self.analysis_window.to(x.dtype), center=False,
+                             return_complex=True)  # (N, bins, frames)
+        spectra = spectra.reshape(*lead, *spectra.shape[-2:]).transpose(-1, -2)
+        return spectra, x[..., x.shape[-1] - past :]
 
     def synthesise(self, spectra: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Signal ``(B, C, frames * hop)`` delayed by :attr:`delay`, from spectra

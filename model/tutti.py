@@ -236,7 +236,8 @@ class TuttiModel(PreTrainedModel):
         for i, layer in enumerate(self.encoder):
             x, new_state[f"enc{i}"] = layer(x, cond, state.get(f"enc{i}"))
             if i == cfg.mask_level:
-                power = torch.log1p((spectra.abs() * scale).square()) / 5.0
+                power = torch.log1p(torch.view_as_real(spectra).square().sum(-1)
+                                    * scale**2) / 5.0
                 x = x + pointwise(self.spectrum, rearrange(power, "b c t f -> b (c f) t"))
             skips.append(x)
         x = pointwise(self.to_dim, x)
@@ -251,10 +252,10 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_bands:
             bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
             log_gain = log_gain + bands @ self.band_to_bin
-        gain = torch.exp(4.0 * torch.tanh(log_gain / 4.0)) * level[:, None, None, None]
+        gain = torch.exp(4.0 * torch.tanh(log_gain / 4.0))
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
-        return out, new_state
+        return out * level[:, None, None], new_state  # synthesis is linear: level last
 
     def remix_offline(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                       listener: Listener) -> Tensor:
