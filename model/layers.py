@@ -165,6 +165,9 @@ class LocalAttention(nn.Module):
                 k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)
             past = k.shape[2] - n
             new_state = (k[:, :, -w:], v[:, :, -w:])
+            if n == 1:  # one streamed frame: its window is the last w keys, no mask
+                y = F.scaled_dot_product_attention(q, k[:, :, -w:], v[:, :, -w:])
+                return self.out(rearrange(y, "b h t d -> b t (h d)")), new_state
             if n <= 4:  # a few streamed frames: attend directly, no windowing
                 pos = torch.arange(past, past + n, device=x.device)[:, None]
                 key = torch.arange(past + n, device=x.device)[None, :]
