@@ -93,6 +93,10 @@ def to_int16(signal: np.ndarray) -> np.ndarray:
     return np.clip(clipped, -32768.0, 32767.0).astype(np.int16)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: changing it later would race with other threads
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
     path = Path(path)
@@ -101,6 +105,7 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

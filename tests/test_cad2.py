@@ -45,6 +45,10 @@ def test_slots_and_split_folders() -> None:
 def test_sidecar_scale_and_crop(tmp_path: Path) -> None:
     signal = np.full((2, 1000), 0.25, dtype=np.float32)
     path = write_audio(tmp_path / "x.flac", signal, SAMPLE_RATE)
+    # Written atomically, but with the mode a plain open() would give (not mkstemp's 0600).
+    (tmp_path / "plain").write_text("")
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    assert not list(tmp_path.glob(".*.part"))
     (tmp_path / "x.txt").write_text("2.0")
     out, rate = read_audio(path)
     assert rate == SAMPLE_RATE and out.shape == (2, 1000)
