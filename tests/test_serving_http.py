@@ -34,6 +34,7 @@ TEST_CONFIG = """
 limits: {max_upload_mb: 2, max_seconds: 12, max_live_sessions: 2, live_idle_seconds: 20,
          max_frame_samples: 8192}
 models: {engine_threads: 1, api_threads: 1}
+batching: {enabled: true}  # the batched path (off by default on CPU) is the one to harden
 """
 GOOD = {"gains": {"Violin_1": 6, "Cello": -3}, "instruments": ["Violin_1", "Viola", "Cello"],
         "listener": {"preset": "N2"}}
