@@ -97,12 +97,12 @@ def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
     if cfg.causal:
         # Stream the chunks, then one more block of zeros: the remix lags by ``delay`` samples.
         x = torch.nn.functional.pad(x, (0, block))
-        state, skip, done = None, cfg.delay, 0
+        state, done = None, 0
         for start in tqdm(range(0, total + block, chunk), disable=not progress,
                           desc="rebalance"):
-            y, state = model.remix(x[..., start : start + chunk], gains, presence, listener, state)
-            y = y[0, :, skip : skip + length - done]
-            skip = max(0, skip - chunk)
+            y, state = model.remix_aligned(x[..., start : start + chunk], gains, presence,
+                                           listener, state)
+            y = y[0, :, : length - done]
             done += y.shape[-1]
             if y.shape[-1]:
                 yield y.cpu().numpy()

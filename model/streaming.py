@@ -30,7 +30,6 @@ class Streamer:
         self._pending = np.zeros((2, 0), dtype=np.float32)
         self._state: dict | None = None
         self._ha_state = None
-        self._skip = model.config.delay  # leading remix samples that precede the input
         self._fed = 0
         self._emitted = 0
 
@@ -71,10 +70,9 @@ class Streamer:
 
     @torch.no_grad()
     def _run(self, x: np.ndarray) -> np.ndarray:
-        mixed, self._state = self.model.remix(
+        mixed, self._state = self.model.remix_aligned(
             torch.from_numpy(x)[None], self.gains, self.presence, self.listener, self._state)
-        mixed = mixed[0, :, self._skip :].double().numpy()
-        self._skip = max(0, self._skip - x.shape[1])
+        mixed = mixed[0].double().numpy()
         y, self._ha_state = self.model.hearing_aid.stream(
             mixed, self.request.ratio, self.request.makeup_db, self._ha_state)
         self._emitted += y.shape[1]

@@ -257,13 +257,24 @@ class TuttiModel(PreTrainedModel):
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
+    def remix_aligned(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
+                      listener: Listener, state: dict | None = None) -> tuple[Tensor, dict]:
+        """:meth:`remix` of the next chunk of a stream, with the stream's first ``delay`` output
+        samples (those before its input began) dropped: the concatenated outputs line up with
+        the input, ``delay`` samples behind it until ``delay`` more input (e.g. zeros) drains it.
+        """
+        skip = self.config.delay if state is None else state["skip"]
+        out, state = self.remix(mixture, gains_db, presence, listener, state)
+        state["skip"] = max(0, skip - out.shape[-1])
+        return out[..., skip:], state
+
     def remix_offline(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                       listener: Listener) -> Tensor:
         """Remix of a whole signal ``(B, 2, T)`` (any T), aligned with its input."""
         length = mixture.shape[-1]
         pad = (-length) % self.config.block + self.config.block
-        out, _ = self.remix(F.pad(mixture, (0, pad)), gains_db, presence, listener)
-        return out[..., self.config.delay : self.config.delay + length]
+        out, _ = self.remix_aligned(F.pad(mixture, (0, pad)), gains_db, presence, listener)
+        return out[..., :length]
 
     def forward(
         self,
