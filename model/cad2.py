@@ -71,6 +71,11 @@ def split_folder(scene_id: str) -> str:
     return "test"
 
 
+def scenes_file(root: str | Path, split: str) -> Path:
+    """``ROOT/metadata/scenes.<split>.json``: a root has ``split`` when this file exists."""
+    return Path(root) / "metadata" / f"scenes.{split}.json"
+
+
 @dataclass(frozen=True)
 class Track:
     """One audio entry of a music item: a source stem or the mixture."""
@@ -262,7 +267,7 @@ class CAD2Split:
                     raise MetadataError(f"{path}: entry {gain_id!r} key {key!r} is not a number")
             self.gains[gain_id] = {k: float(v) for k, v in entry.items()}
 
-        path = meta / f"scenes.{split}.json"
+        path = scenes_file(root, split)
         self.scenes: dict[str, Scene] = {}
         for scene_id, entry in _load_json(path).items():
             music_id = _field(path, scene_id, entry, "music", str)

@@ -58,11 +58,6 @@ class LowDelaySTFT(nn.Module):
     def bins(self) -> int:
         return self.window // 2 + 1
 
-    @property
-    def delay(self) -> int:
-        """Output delay of analysis + synthesis (samples)."""
-        return self.synthesis - self.hop
-
     def analyse(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Spectra ``(B, C, T / hop, bins)`` of ``x (B, C, T)``; state: past input samples."""
         if x.shape[-1] % self.hop:

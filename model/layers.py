@@ -120,24 +120,20 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Upsample by ``stride``: context conv(3) -> FiLM -> GLU -> transposed conv (-> GELU)."""
+    """Upsample by ``stride``: context conv(3) -> FiLM -> GLU -> transposed conv -> GELU."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int, *, causal: bool,
-                 last: bool = False):
+    def __init__(self, c_in: int, c_out: int, stride: int, cond_dim: int, *, causal: bool):
         super().__init__()
         self.context = StreamConv1d(c_in, 2 * c_in, 3, causal=causal)
         self.film = FiLM(cond_dim, 2 * c_in)
         self.up = StreamConvTranspose1d(c_in, c_out, stride, causal=causal)
-        self.last = last
 
     def forward(self, x: Tensor, cond: Tensor, state: tuple | None = None):
         s_ctx, s_up = state if state is not None else (None, None)
         y, s_ctx = self.context(x, s_ctx)
         y = F.glu(self.film(y, cond), dim=1)
         y, s_up = self.up(y, s_up)
-        if not self.last:
-            y = F.gelu(y)
-        return y, (s_ctx, s_up)
+        return F.gelu(y), (s_ctx, s_up)
 
 
 class LocalAttention(nn.Module):
@@ -166,7 +162,7 @@ class LocalAttention(nn.Module):
             past = k.shape[2] - n
             new_state = (k[:, :, -w:], v[:, :, -w:])
             if n == 1:  # one streamed frame: its window is the last w keys, no mask
-                y = F.scaled_dot_product_attention(q, k[:, :, -w:], v[:, :, -w:])
+                y = F.scaled_dot_product_attention(q, *new_state)
                 return self.out(rearrange(y, "b h t d -> b t (h d)")), new_state
             if n <= 4:  # a few streamed frames: attend directly, no windowing
                 pos = torch.arange(past, past + n, device=x.device)[:, None]

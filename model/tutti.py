@@ -212,7 +212,7 @@ class TuttiModel(PreTrainedModel):
         presence: Tensor,
         listener: Listener,
         state: dict | None = None,
-    ) -> tuple[Tensor, dict | None]:
+    ) -> tuple[Tensor, dict]:
         """Rebalanced remix before the hearing aid ``(B, 2, T)``, ``delay`` samples late
         (its first ``delay`` samples precede the input); T a multiple of ``block``.
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
+from model.cad2 import scenes_file
 from model.tutti import TuttiConfig, TuttiModel
 from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
 from training.losses import RemixLoss, si_sdr
@@ -156,8 +157,7 @@ def validate_haaqi(model: TuttiModel, root: str | Path, split: str, pairs: int) 
 
 def _haaqi_root(roots: list[str], split: str) -> str | None:
     """The first root that has ``split`` (validation HAAQI reads it)."""
-    return next((r for r in roots if (Path(r) / "metadata" / f"scenes.{split}.json").is_file()),
-                None)
+    return next((r for r in roots if scenes_file(r, split).is_file()), None)
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
@@ -189,8 +189,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
         init = Path(os.path.expanduser(str(cfg.train.init_from)))
         # Not strict: a config may add layers the saved model lacks (they keep their init).
-        missing, unexpected = model.load_state_dict(load_file(str(init / "model.safetensors")),
-                                                    strict=False)
+        unexpected = model.load_state_dict(load_file(str(init / "model.safetensors")),
+                                           strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"{init}: weights this config has no place for: {unexpected[:5]}")
     net = DistributedDataParallel(model) if distributed else model
