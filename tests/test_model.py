@@ -14,6 +14,9 @@ from model.tutti import Listener, TuttiConfig, TuttiModel
 
 SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
              window=8, cond_dim=32, gain_bands=4)
+LONG_HOP = dict(SMALL, channels=(8, 16, 32, 32), strides=(8, 8, 8, 2), fb_window=2048,
+                fb_synthesis=1024)
+"""The shipped non-causal layout: a 2048-sample STFT with hop 512 (gains at encoder level 2)."""
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -95,8 +98,9 @@ def test_remix_streams_with_state() -> None:
     assert (streamed - offline).abs().max() <= 1e-5
 
 
-def test_unit_gain_is_the_level_adjusted_mixture() -> None:
-    model = TuttiModel(TuttiConfig(**SMALL)).eval()  # fresh: the gain head starts at 0 dB
+@pytest.mark.parametrize("layout", [SMALL, LONG_HOP], ids=["hop64", "hop512"])
+def test_unit_gain_is_the_level_adjusted_mixture(layout: dict) -> None:
+    model = TuttiModel(TuttiConfig(**layout)).eval()  # fresh: the gain head starts at 0 dB
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()
     with torch.no_grad():
         y = model(mixture, gains, presence, audiogram, ratio, makeup, hearing_aid=False)
@@ -118,16 +122,29 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         load_model(tmp_path)
 
 
-def test_chunked_inference_matches_whole_pass() -> None:
-    for causal in (False, True):
-        model = _model(causal)
-        mixture, gains, presence, audiogram, ratio, makeup = _inputs(seconds=3.0)
-        request = Request(gains[0].numpy(), presence[0].numpy(), audiogram[0].numpy(),
-                          ratio[0].numpy(), makeup[0].numpy())
-        x = mixture[0].numpy()
-        whole = remix(model, x, request, chunk_seconds=10.0)
-        chunked = remix(model, x, request, chunk_seconds=1.0, overlap_seconds=0.25)
-        assert whole.shape == x.shape
-        # Causal chunks carry state (exact); non-causal chunks cross-fade (near-exact here,
-        # since the receptive field is shorter than the overlap).
-        assert np.abs(whole - chunked).max() <= (1e-5 if causal else 1e-3 * np.abs(whole).max())
+def test_long_hop_layout() -> None:
+    """The non-causal layout's filterbank frames are its encoder's level-2 frames."""
+    config = TuttiConfig(**LONG_HOP)
+    assert (config.mask_level, config.delay, config.block) == (2, 512, 1024)
+    with pytest.raises(ValueError, match="no encoder level has the filterbank hop 256"):
+        TuttiModel(TuttiConfig(**dict(LONG_HOP, fb_synthesis=512)))
+
+
+@pytest.mark.parametrize(("layout", "causal", "chunk", "overlap"), [
+    (SMALL, False, 1.0, 0.25), (SMALL, True, 1.0, 0.25), (LONG_HOP, False, 2.0, 1.0)],
+    ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal"])
+def test_chunked_inference_matches_whole_pass(layout: dict, causal: bool, chunk: float,
+                                              overlap: float) -> None:
+    torch.manual_seed(0)
+    model = TuttiModel(TuttiConfig(causal=causal, **layout)).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.05)
+    mixture, gains, presence, audiogram, ratio, makeup = _inputs(seconds=4.0)
+    request = Request(gains[0].numpy(), presence[0].numpy(), audiogram[0].numpy(),
+                      ratio[0].numpy(), makeup[0].numpy())
+    x = mixture[0].numpy()
+    whole = remix(model, x, request, chunk_seconds=10.0)
+    chunked = remix(model, x, request, chunk_seconds=chunk, overlap_seconds=overlap)
+    assert whole.shape == x.shape
+    # Causal chunks carry state (exact); non-causal chunks cross-fade (near-exact here,
+    # since the receptive field is shorter than the overlap).
+    assert np.abs(whole - chunked).max() <= (1e-5 if causal else 1e-3 * np.abs(whole).max())

@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.train import load_config, train
+import pytest
+import torch
+
+from training.train import build_model, load_config, train, transferable
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train_tiny.yaml"
 
@@ -75,3 +78,22 @@ def test_dataset_examples(cad2_root: Path) -> None:
         ha = HearingAid()(ex["target"][None], ex["ratio"][None], ex["makeup_db"][None])[0]
         assert torch.allclose(ex["target_hearing_aid"], ha)
         assert np.isfinite(ex["mixture"].numpy()).all()
+
+
+def test_init_from_another_layout() -> None:
+    """Fine-tuning a new layout keeps the weights it shares with the saved model."""
+    source = build_model(load_config(CONF))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    wider = build_model(load_config(CONF, ["model.channels=[8,24]"]))
+    weights = transferable(wider, source.state_dict(), "source")
+    assert "encoder.0.down.conv.weight" in weights and "transformer.0.attn.qkv.weight" in weights
+    assert not any(k.startswith("encoder.1.") for k in weights)  # 24 channels now
+    wider.load_state_dict(weights, strict=False)
+    assert torch.equal(wider.encoder[0].down.conv.weight, source.encoder[0].down.conv.weight)
+    assert not torch.equal(wider.to_dim.weight[:, :16], source.to_dim.weight)
+    with pytest.raises(ValueError, match="no place for"):
+        transferable(wider, {"decoder.9.weight": torch.zeros(1)}, "source")
+    with pytest.raises(ValueError, match="no weight has this model's shape"):
+        transferable(wider, {"encoder.1.mix.weight": torch.zeros(1)}, "source")

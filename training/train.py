@@ -112,6 +112,28 @@ def load_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Opti
     return meta
 
 
+def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
+                 source: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights`` (a saved model) that fit ``model``: same name and shape.
+
+    Fine-tuning a different configuration keeps what it shares (e.g. the encoder's first levels
+    and the transformer); the rest keeps its initialisation. Raises on names the model lacks
+    (a different network, not a different size) or when nothing fits.
+    """
+    own = model.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise ValueError(f"{source}: weights this model has no place for: {unknown[:5]}")
+    fits = {k: v for k, v in weights.items() if own[k].shape == v.shape}
+    if not fits:
+        raise ValueError(f"{source}: no weight has this model's shape")
+    if len(fits) < len(weights):
+        skipped = sorted(set(weights) - set(fits))
+        print(f"init_from {source}: {len(fits)} tensors loaded, {len(skipped)} of another shape "
+              f"keep their init ({', '.join(skipped[:4])}, ...)")
+    return fits
+
+
 def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
              batch_size: int) -> dict[str, float]:
     """Validation loss, median SI-SDR (dB) of model and noop (the unbalanced mixture), and the
@@ -188,11 +210,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         state.update(load_checkpoint(ckpt, model, optimizer))
     elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
         init = Path(os.path.expanduser(str(cfg.train.init_from)))
-        # Not strict: a config may add layers the saved model lacks (they keep their init).
-        unexpected = model.load_state_dict(load_file(str(init / "model.safetensors")),
-                                           strict=False).unexpected_keys
-        if unexpected:
-            raise ValueError(f"{init}: weights this config has no place for: {unexpected[:5]}")
+        model.load_state_dict(transferable(model, load_file(str(init / "model.safetensors")),
+                                           init), strict=False)
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
