@@ -32,9 +32,10 @@ class FiLM(nn.Module):
             scale, shift = memo[1]
         else:
             scale, shift = self.proj(cond).unsqueeze(-1).chunk(2, dim=1)
+            scale = 1 + scale
             if not torch.is_grad_enabled():
                 self._memo = (cond, (scale, shift))
-        return x * (1 + scale) + shift
+        return torch.addcmul(shift, x, scale)
 
 
 def pointwise(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -66,11 +67,14 @@ class StreamConv1d(nn.Module):
         x = torch.cat([state, x], dim=-1)
         new_state = x[..., x.shape[-1] - self.context:] if self.context else state
         conv = self.conv
-        if conv.groups == x.shape[1] and conv.stride[0] == 1 and x.shape[-1] <= 16:
-            # Depthwise on a few frames: a weighted sum of shifts beats conv1d's set-up cost.
-            n = x.shape[-1] - self.context
-            y = sum(conv.weight[:, 0, i, None] * x[..., i : i + n] for i in range(self.context + 1))
-            return y + conv.bias[:, None], new_state
+        k, stride = conv.kernel_size[0], conv.stride[0]
+        if x.shape[-1] - k < 16 * stride:  # a few streamed frames: skip conv1d's set-up cost
+            frames = x.unfold(-1, k, stride)  # (B, C, n, k)
+            if conv.groups == 1:
+                y = F.linear(frames.transpose(1, 2).flatten(2), conv.weight.flatten(1), conv.bias)
+                return y.transpose(1, 2), new_state
+            if conv.groups == conv.in_channels == conv.out_channels:  # depthwise
+                return (frames * conv.weight).sum(-1) + conv.bias[:, None], new_state
         return conv(x), new_state
 
 
@@ -152,7 +156,8 @@ class LocalAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
-        q, k, v = rearrange(self.qkv(x), "b t (n h d) -> n b h t d", n=3, h=self.heads)
+        # (B, T, 3D) -> q, k, v (B, heads, T, D / heads); plain views: this runs every block
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         w, n = self.window, q.shape[2]
         blocks = -(-n // w)
         if self.causal:
@@ -163,13 +168,13 @@ class LocalAttention(nn.Module):
             new_state = (k[:, :, -w:], v[:, :, -w:])
             if n == 1:  # one streamed frame: its window is the last w keys, no mask
                 y = F.scaled_dot_product_attention(q, *new_state)
-                return self.out(rearrange(y, "b h t d -> b t (h d)")), new_state
+                return self.out(y.transpose(1, 2).flatten(2)), new_state
             if n <= 4:  # a few streamed frames: attend directly, no windowing
                 pos = torch.arange(past, past + n, device=x.device)[:, None]
                 key = torch.arange(past + n, device=x.device)[None, :]
                 mask = (key <= pos) & (key > pos - w)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                return self.out(rearrange(y, "b h t d -> b t (h d)")), new_state
+                return self.out(y.transpose(1, 2).flatten(2)), new_state
             left, span = w - past, 2 * w
         else:
             past, new_state = 0, None
@@ -211,13 +216,12 @@ class TransformerLayer(nn.Module):
     def forward(self, x: Tensor, cond: Tensor, state: tuple | None = None):
         s_pos, s_att = state if state is not None else (None, None)
         p, s_pos = self.pos(x, s_pos)
-        x = x + p
-        h = rearrange(x, "b d t -> b t d")
+        h = (x + p).transpose(1, 2)  # (B, T, D)
         a, s_att = self.attn(self.norm1(h), s_att)
         h = h + a
-        f = self.film(rearrange(self.norm2(h), "b t d -> b d t"), cond)
-        h = h + self.ffn(rearrange(f, "b d t -> b t d"))
-        return rearrange(h, "b t d -> b d t"), (s_pos, s_att)
+        f = self.film(self.norm2(h).transpose(1, 2), cond)
+        h = h + self.ffn(f.transpose(1, 2))
+        return h.transpose(1, 2), (s_pos, s_att)
 
 
 def sinusoid_features(values: Tensor, n: int = 8) -> Tensor:
