@@ -12,8 +12,9 @@ layer.
 
 :meth:`TuttiModel.remix` works in blocks of ``prod(strides)`` samples and returns its output
 ``delay`` samples late (the filterbank's synthesis overlap); :meth:`TuttiModel.remix_offline`
-aligns it. The causal variant sees at most ``lookahead`` samples ahead (191 = 4.3 ms); every layer
-streams with carried state.
+aligns it. The causal variant sees at most ``lookahead`` samples ahead (191 = 4.3 ms with the
+low-delay layout of ``conf/train_causal.yaml``); every layer streams with carried state. The
+non-causal default (``conf/train_noncausal.yaml``) uses a 2048-sample STFT with hop 512.
 """
 
 from __future__ import annotations
