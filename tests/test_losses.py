@@ -47,3 +47,23 @@ def test_si_sdr_is_scale_invariant() -> None:
     assert torch.allclose(si_sdr(noisy, target), si_sdr(3 * noisy, target), atol=1e-4)
     assert si_sdr(noisy, target).item() > si_sdr(target + 0.05 * torch.randn_like(target),
                                                  target).item()
+
+
+def test_stft_terms_equal_auraloss() -> None:
+    """Skipping the unused phase spectrum changes no number: the MR-STFT and sum/difference
+    terms and their gradients equal auraloss's own classes."""
+    import auraloss
+
+    sizes = ([1024, 256], [256, 64], [1024, 256])
+    ours = RemixLoss(*sizes, w_log_mag=0.1, eps=1e-5)
+    ref_mr = auraloss.freq.MultiResolutionSTFTLoss(*sizes, w_log_mag=0.1, eps=1e-5)
+    ref_sd = auraloss.freq.SumAndDifferenceSTFTLoss(*sizes, w_log_mag=0.1, eps=1e-5)
+    g = torch.Generator().manual_seed(0)
+    target = 0.01 * torch.randn(2, 2, 8192, generator=g)
+    estimate = (target + 0.005 * torch.randn(2, 2, 8192, generator=g)).requires_grad_()
+    terms = ours(estimate, target)
+    (grad,) = torch.autograd.grad(terms["mrstft"] + terms["sum_diff"], estimate)
+    ref = ref_mr(estimate, target), ref_sd(estimate, target)
+    (ref_grad,) = torch.autograd.grad(ref[0] + ref[1], estimate)
+    assert torch.allclose(terms["mrstft"], ref[0]) and torch.allclose(terms["sum_diff"], ref[1])
+    assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-12)
