@@ -20,9 +20,9 @@ LONG_HOP = dict(SMALL, channels=(8, 16, 32, 32), strides=(8, 8, 8, 2), fb_window
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
-def _model(causal: bool) -> TuttiModel:
+def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
     torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=causal, **SMALL)).eval()
+    model = TuttiModel(TuttiConfig(causal=causal, **layout)).eval()
     # A trained-looking (non-zero) gain head.
     torch.nn.init.normal_(model.head.weight, std=0.05)
     torch.nn.init.normal_(model.band_head.weight, std=0.05)
@@ -135,9 +135,7 @@ def test_long_hop_layout() -> None:
     ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal"])
 def test_chunked_inference_matches_whole_pass(layout: dict, causal: bool, chunk: float,
                                               overlap: float) -> None:
-    torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=causal, **layout)).eval()
-    torch.nn.init.normal_(model.head.weight, std=0.05)
+    model = _model(causal, layout)
     mixture, gains, presence, audiogram, ratio, makeup = _inputs(seconds=4.0)
     request = Request(gains[0].numpy(), presence[0].numpy(), audiogram[0].numpy(),
                       ratio[0].numpy(), makeup[0].numpy())
