@@ -97,3 +97,24 @@ def test_init_from_another_layout() -> None:
         transferable(wider, {"decoder.9.weight": torch.zeros(1)}, "source")
     with pytest.raises(ValueError, match="no weight has this model's shape"):
         transferable(wider, {"encoder.1.mix.weight": torch.zeros(1)}, "source")
+
+
+def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> None:
+    """A run started with ``init_from`` validates the start as step 0; ``best`` is never worse."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    train(load_config(CONF, _overrides(cad2_root, first, 3)), progress=False)
+    tuned = tmp_path / "tuned"
+    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
+                             "optim.lr=1.0"]), progress=False)  # a huge step: worse than start
+    with (tuned / "log.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["valid_loss"]]
+    assert [int(r["step"]) for r in rows] == [0, 3]
+    start, after = (float(r["valid_loss"]) for r in rows)
+    best = json.loads((tuned / "checkpoint" / "state.json").read_text())["best_valid_loss"]
+    assert best == pytest.approx(min(start, after))
+    start_weights = load_file(str(first / "best" / "model.safetensors"))
+    best_weights = load_file(str(tuned / "best" / "model.safetensors"))
+    kept = all(torch.equal(start_weights[k], best_weights[k]) for k in start_weights)
+    assert kept == (start <= after)

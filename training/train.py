@@ -182,6 +182,20 @@ def _haaqi_root(roots: list[str], split: str) -> str | None:
     return next((r for r in roots if scenes_file(r, split).is_file()), None)
 
 
+def validate_and_keep_best(model: TuttiModel, loss_fn: RemixLoss, valid: list, cfg: DictConfig,
+                           roots: list[str], state: dict, run_dir: Path) -> dict[str, float]:
+    """Validate (loss, SI-SDR, optional HAAQI) and save ``run_dir/best`` on a new lowest loss."""
+    row = validate(model, loss_fn, valid, int(cfg.optim.batch_size))
+    haaqi_pairs = int(cfg.train.get("valid_haaqi_pairs", 0))
+    haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
+    if haaqi_root is not None:
+        row["valid_haaqi"] = validate_haaqi(model, haaqi_root, cfg.data.valid_split, haaqi_pairs)
+    if row["valid_loss"] < state["best_valid_loss"]:
+        state["best_valid_loss"] = row["valid_loss"]
+        model.save_pretrained(run_dir / "best", safe_serialization=True)
+    return row
+
+
 def train(cfg: DictConfig, progress: bool = True) -> Path:
     """Train (resuming from ``run_dir/checkpoint`` if present); returns the run folder."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -230,6 +244,10 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
     log_path = run_dir / "log.csv"
     start_time = time.time()
+    if valid is not None and state["step"] == 0 and cfg.train.get("init_from"):
+        # the starting point of a fine-tune: logged as step 0, and "best" is never worse
+        row = validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir)
+        _log(log_path, {"step": 0, "lr": 0.0, "minutes": 0.0, **row})
     max_minutes = float(cfg.train.max_minutes)
     bar = tqdm(total=int(cfg.optim.max_steps), initial=state["step"], disable=rank != 0 or
                not progress, desc="train", unit="step")
@@ -269,15 +287,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
             running = {}
             bar.set_postfix(loss=f"{row['total']:.3f}")
         if valid is not None and step % int(cfg.train.valid_every) == 0:
-            row.update(validate(model, loss_fn, valid, int(cfg.optim.batch_size)))
-            haaqi_pairs = int(cfg.train.get("valid_haaqi_pairs", 0))
-            haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
-            if haaqi_root is not None:
-                row["valid_haaqi"] = validate_haaqi(model, haaqi_root, cfg.data.valid_split,
-                                                    haaqi_pairs)
-            if row["valid_loss"] < state["best_valid_loss"]:
-                state["best_valid_loss"] = row["valid_loss"]
-                model.save_pretrained(run_dir / "best", safe_serialization=True)
+            row.update(validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir))
         if row:
             _log(log_path, {"step": step, "lr": lr_at(step - 1, cfg),
                             "minutes": (time.time() - start_time) / 60, **row})
