@@ -118,3 +118,33 @@ def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> N
     best_weights = load_file(str(tuned / "best" / "model.safetensors"))
     kept = all(torch.equal(start_weights[k], best_weights[k]) for k in start_weights)
     assert kept == (start <= after)
+
+
+def test_select_best_by_haaqi(cad2_root: Path, tmp_path: Path) -> None:
+    """With ``train.select_by=haaqi`` the run keeps the weights of its highest validation HAAQI."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    train(load_config(CONF, _overrides(cad2_root, first, 2)), progress=False)
+    tuned = tmp_path / "tuned"
+    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
+                             "optim.lr=0.5", "train.valid_haaqi_pairs=1",
+                             "train.select_by=haaqi"]), progress=False)
+    with (tuned / "log.csv").open() as fh:
+        start, after = (float(r["valid_haaqi"]) for r in csv.DictReader(fh) if r["valid_haaqi"])
+    assert start != after  # the big step changed the output
+    state = json.loads((tuned / "checkpoint" / "state.json").read_text())
+    assert state["best_valid_haaqi"] == pytest.approx(max(start, after))
+    start_weights = load_file(str(first / "best" / "model.safetensors"))
+    best_weights = load_file(str(tuned / "best" / "model.safetensors"))
+    kept = all(torch.equal(start_weights[k], best_weights[k]) for k in start_weights)
+    assert kept == (start >= after)
+
+
+def test_select_by_needs_haaqi(cad2_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="valid_haaqi_pairs > 0"):
+        train(load_config(CONF, [*_overrides(cad2_root, tmp_path / "run", 2),
+                                 "train.select_by=haaqi"]), progress=False)
+    with pytest.raises(ValueError, match="'loss' or 'haaqi'"):
+        train(load_config(CONF, [*_overrides(cad2_root, tmp_path / "run", 2),
+                                 "train.select_by=sisdr"]), progress=False)

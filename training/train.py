@@ -184,16 +184,35 @@ def _haaqi_root(roots: list[str], split: str) -> str | None:
 
 def validate_and_keep_best(model: TuttiModel, loss_fn: RemixLoss, valid: list, cfg: DictConfig,
                            roots: list[str], state: dict, run_dir: Path) -> dict[str, float]:
-    """Validate (loss, SI-SDR, optional HAAQI) and save ``run_dir/best`` on a new lowest loss."""
+    """Validate (loss, SI-SDR, optional HAAQI) and save ``run_dir/best`` when the score chosen by
+    ``train.select_by`` improves: ``loss`` (lowest validation loss) or ``haaqi`` (highest
+    validation HAAQI)."""
     row = validate(model, loss_fn, valid, int(cfg.optim.batch_size))
     haaqi_pairs = int(cfg.train.get("valid_haaqi_pairs", 0))
     haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
     if haaqi_root is not None:
         row["valid_haaqi"] = validate_haaqi(model, haaqi_root, cfg.data.valid_split, haaqi_pairs)
-    if row["valid_loss"] < state["best_valid_loss"]:
-        state["best_valid_loss"] = row["valid_loss"]
+    better = (row["valid_haaqi"] > state.get("best_valid_haaqi", -math.inf)
+              if select_by(cfg, roots) == "haaqi" else row["valid_loss"] < state["best_valid_loss"])
+    state["best_valid_loss"] = min(row["valid_loss"], state["best_valid_loss"])
+    if "valid_haaqi" in row:
+        best_haaqi = state.get("best_valid_haaqi", -math.inf)
+        state["best_valid_haaqi"] = max(row["valid_haaqi"], best_haaqi)
+    if better:
         model.save_pretrained(run_dir / "best", safe_serialization=True)
     return row
+
+
+def select_by(cfg: DictConfig, roots: list[str]) -> str:
+    """``train.select_by`` checked: ``loss``, or ``haaqi`` when validation HAAQI can be scored."""
+    choice = str(cfg.train.get("select_by", "loss"))
+    if choice not in ("loss", "haaqi"):
+        raise ValueError(f"train.select_by must be 'loss' or 'haaqi', not {choice!r}")
+    if choice == "haaqi" and (int(cfg.train.get("valid_haaqi_pairs", 0)) <= 0
+                              or _haaqi_root(roots, cfg.data.valid_split) is None):
+        raise ValueError("train.select_by=haaqi needs train.valid_haaqi_pairs > 0 and a root in "
+                         f"data.roots with a {cfg.data.valid_split!r} split")
+    return choice
 
 
 def train(cfg: DictConfig, progress: bool = True) -> Path:
@@ -229,6 +248,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
+    select_by(cfg, roots)  # a bad choice fails before any training
     ex_cfg = example_config(cfg)
     cache = cfg.data.get("pcm_cache")
     train_set = RebalanceDataset(roots, cfg.data.train_split, ex_cfg,
