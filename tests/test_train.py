@@ -148,3 +148,23 @@ def test_select_by_needs_haaqi(cad2_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'loss' or 'haaqi'"):
         train(load_config(CONF, [*_overrides(cad2_root, tmp_path / "run", 2),
                                  "train.select_by=sisdr"]), progress=False)
+
+
+def test_slot_balanced_sampling(cad2_root: Path) -> None:
+    """``balance_slots`` 1 evens out how often each slot is drawn; 0 keeps uniform draws."""
+    import numpy as np
+
+    from training.dataset import ExampleConfig, RebalanceDataset, item_probabilities
+
+    items = [["Violin_1", "Viola_1"]] * 6 + [["Sax_1", "Oboe"]] * 2
+    assert item_probabilities(items, 0.0) is None
+    p = item_probabilities(items, 1.0)
+    assert p.sum() == pytest.approx(1.0)
+    # Violin_1 (6 items) and Sax_1 (2 items) each come up with the same total probability.
+    assert p[:6].sum() == pytest.approx(p[6:].sum())
+    half = item_probabilities(items, 0.5)
+    assert p[6] > half[6] > 1 / 8
+    dataset = RebalanceDataset([cad2_root], "valid", ExampleConfig(seconds=0.25, balance_slots=1))
+    assert dataset.item_p is not None and np.all(dataset.item_p > 0)
+    ex = dataset.example(np.random.default_rng(0))
+    assert ex["presence"].sum() >= 2

@@ -43,6 +43,10 @@ class ExampleConfig:
     p_swap_channels: float = 0.5
     hearing_aid_target: bool = False
     """Also yield ``target_hearing_aid``: the target through the listener's hearing aid."""
+    balance_slots: float = 0.0
+    """Draw a music item with probability proportional to the mean over its slots of
+    ``count(slot) ** -balance_slots`` (counts of items per slot in the split): 0 draws items
+    uniformly, 1 evens out how often each slot is heard (rare second voices come up more)."""
 
 
 def approx_lufs(signal: np.ndarray) -> float:
@@ -58,6 +62,20 @@ def cad2_gains(rng: np.random.Generator, n: int) -> np.ndarray:
     changed = rng.choice(n, size=int(rng.integers(1, n)), replace=False) if n > 1 else []
     gains[changed] = rng.choice(GAIN_STEPS_DB, size=len(changed))
     return gains
+
+
+def item_probabilities(item_slots: list, balance: float) -> np.ndarray | None:
+    """Sampling probability of each item from the slots it holds (``ExampleConfig.balance_slots``);
+    None for uniform (``balance`` 0)."""
+    if balance == 0:
+        return None
+    items = [list(slots) for slots in item_slots]
+    counts: dict[str, int] = {}
+    for slots in items:
+        for slot in set(slots):
+            counts[slot] = counts.get(slot, 0) + 1
+    weights = np.array([np.mean([counts[slot] ** -balance for slot in slots]) for slots in items])
+    return weights / weights.sum()
 
 
 class RebalanceDataset(IterableDataset):
@@ -83,6 +101,9 @@ class RebalanceDataset(IterableDataset):
                           if lid in s.listeners]
         self._frames: dict[str, tuple[int, float]] = {}
         self._pcm: dict[str, np.ndarray] = {}
+        self.item_p = item_probabilities([s.music[m].slots().values() for s, m in self.items],
+                                         self.config.balance_slots)
+
 
     def _info(self, path: Path) -> tuple[int, float]:
         """(frames, sidecar scale) of a track, cached."""
@@ -112,7 +133,9 @@ class RebalanceDataset(IterableDataset):
     def example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Draw one example."""
         cfg = self.config
-        split, music_id = self.items[rng.integers(len(self.items))]
+        pick = (rng.integers(len(self.items)) if self.item_p is None
+                else rng.choice(len(self.items), p=self.item_p))
+        split, music_id = self.items[pick]
         music = split.music[music_id]
         slots = music.slots()
         length = int(cfg.seconds * SAMPLE_RATE)

@@ -9,6 +9,7 @@ files in ``conf/`` read with OmegaConf; a ``base:`` key names a file the config 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -258,7 +259,9 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
                         persistent_workers=int(cfg.data.workers) > 0)
     valid = None
     if rank == 0 and int(cfg.train.valid_examples) > 0:
-        valid_set = RebalanceDataset(roots, cfg.data.valid_split, ex_cfg, seed=12345,
+        # validation draws items uniformly, whatever the training balance
+        valid_set = RebalanceDataset(roots, cfg.data.valid_split,
+                                     dataclasses.replace(ex_cfg, balance_slots=0.0), seed=12345,
                                      pcm_cache=cache)
         valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
 
