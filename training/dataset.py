@@ -104,7 +104,6 @@ class RebalanceDataset(IterableDataset):
         self.item_p = item_probabilities([s.music[m].slots().values() for s, m in self.items],
                                          self.config.balance_slots)
 
-
     def _info(self, path: Path) -> tuple[int, float]:
         """(frames, sidecar scale) of a track, cached."""
         key = str(path)

@@ -193,8 +193,9 @@ def validate_and_keep_best(model: TuttiModel, loss_fn: RemixLoss, valid: list, c
     haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
     if haaqi_root is not None:
         row["valid_haaqi"] = validate_haaqi(model, haaqi_root, cfg.data.valid_split, haaqi_pairs)
-    better = (row["valid_haaqi"] > state.get("best_valid_haaqi", -math.inf)
-              if select_by(cfg, roots) == "haaqi" else row["valid_loss"] < state["best_valid_loss"])
+    by_haaqi = cfg.train.get("select_by", "loss") == "haaqi"  # checked by select_by at start
+    better = (row["valid_haaqi"] > state.get("best_valid_haaqi", -math.inf) if by_haaqi
+              else row["valid_loss"] < state["best_valid_loss"])
     state["best_valid_loss"] = min(row["valid_loss"], state["best_valid_loss"])
     if "valid_haaqi" in row:
         best_haaqi = state.get("best_valid_haaqi", -math.inf)
