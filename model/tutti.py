@@ -253,10 +253,15 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_bands:
             bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
             log_gain = log_gain + bands @ self.band_to_bin
-        gain = torch.exp(4.0 * torch.tanh(log_gain / 4.0))
+        gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
+
+    def gain(self, log_gain: Tensor) -> Tensor:
+        """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited
+        to ±4 nepers, ±35 dB)."""
+        return torch.exp(4.0 * torch.tanh(log_gain / 4.0))
 
     def remix_aligned(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                       listener: Listener, state: dict | None = None) -> tuple[Tensor, dict]:

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from training.losses import RemixLoss, compressed_spectrum_loss, si_sdr
+from training.losses import (
+    RemixLoss,
+    compressed_spectrum_loss,
+    erb_band_matrix,
+    long_term_spectrum_loss,
+    si_sdr,
+)
 
 SR = 44100
 
@@ -32,11 +38,36 @@ def test_compressed_loss_weights_loud_bins() -> None:
                         rel_tol=1e-3)
 
 
+def test_long_term_spectrum_loss_is_band_level_error_in_db() -> None:
+    bands = erb_band_matrix(4096, SR)
+    assert bands.shape == (2049, 32) and bands.sum(1).max() == 1  # each bin in one band at most
+    assert bands.sum(0).min() >= 1  # no empty band at 80 Hz
+    low, high = _tone(300, 0.05, 1.0), _tone(2000, 0.05, 1.0)
+    target = low + high
+    assert long_term_spectrum_loss(target, target, bands).item() < 1e-6
+    # A 6.02 dB level error in every band of a broadband signal costs 0.602 (dB / 10) ...
+    noise = 0.01 * torch.randn(1, 2, SR, generator=torch.Generator().manual_seed(0))
+    assert math.isclose(long_term_spectrum_loss(2 * noise, noise, bands).item(), 0.602,
+                        abs_tol=2e-3)
+    # ... a 6 dB error on one tone costs less (its bands only; leakage spreads a little) ...
+    one = long_term_spectrum_loss(2 * low + high, target, bands).item()
+    assert 0.05 < one < 0.4
+    # ... and a tone far below the loudest band (> 50 dB) does not count.
+    faint = _tone(5000, 0.05 * 10 ** (-70 / 20), 1.0)
+    assert long_term_spectrum_loss(target + faint, target, bands).item() < 1e-3
+    # It has gradients that point towards the target level.
+    est = (0.5 * target).requires_grad_()
+    long_term_spectrum_loss(est, target, bands).backward()
+    assert (est.grad * target).sum() < 0
+
+
 def test_remix_loss_terms() -> None:
-    loss = RemixLoss([1024, 256], [256, 64], [1024, 256], w_compressed=5.0, w_sisdr=1.0)
+    loss = RemixLoss([1024, 256], [256, 64], [1024, 256], w_compressed=5.0, w_sisdr=1.0,
+                     w_long_term=1.0)
     target = _tone(440, 0.1) + _tone(1500, 0.02)
     same = loss(target, target)
-    assert set(same) == {"mrstft", "sum_diff", "l1", "neg_sisdr", "compressed", "total"}
+    assert set(same) == {"mrstft", "sum_diff", "l1", "neg_sisdr", "compressed", "long_term",
+                         "total"}
     assert same["total"].item() < -5  # the SI-SDR term rewards a perfect estimate
     worse = loss(_tone(440, 0.1), target)  # one instrument missing
     assert worse["total"].item() > 0.1 and worse["compressed"].item() > 0.05
