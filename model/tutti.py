@@ -57,6 +57,7 @@ class TuttiConfig(PretrainedConfig):
         fb_window: int = 1024,
         fb_synthesis: int = 128,
         gain_bands: int = 0,
+        static_eq: bool = False,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -74,6 +75,7 @@ class TuttiConfig(PretrainedConfig):
         self.fb_window = int(fb_window)
         self.fb_synthesis = int(fb_synthesis)
         self.gain_bands = int(gain_bands)
+        self.static_eq = bool(static_eq)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -189,6 +191,15 @@ class TuttiModel(PreTrainedModel):
             nn.init.zeros_(self.band_head.bias)
             self.register_buffer("band_to_bin", band_matrix(config.gain_bands, bins,
                                                             config.sample_rate))
+        if config.static_eq:
+            # Band gains from the head's features averaged over the signal so far (causal: a
+            # running mean; non-causal: the whole chunk): a slowly changing EQ for the
+            # long-term balance.
+            if not config.gain_bands:
+                raise ValueError("static_eq needs gain_bands > 0")
+            self.eq_head = nn.Linear(c, 2 * config.gain_bands)
+            nn.init.zeros_(self.eq_head.weight)
+            nn.init.zeros_(self.eq_head.bias)
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -253,10 +264,27 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_bands:
             bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
             log_gain = log_gain + bands @ self.band_to_bin
+        if cfg.static_eq:
+            mean, new_state["eq"] = self._feature_mean(x, state.get("eq"))
+            eq = rearrange(self.eq_head(mean), "b t (c k) -> b c t k", c=2)
+            log_gain = log_gain + eq @ self.band_to_bin
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
+
+    def _feature_mean(self, x: Tensor, state: tuple[Tensor, Tensor] | None
+                      ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Mean of ``x (B, C, frames)`` over time, ``(B, frames, C)``: causal, over every frame
+        up to each one (state: running sum and count); non-causal, over the chunk."""
+        total, count = state if state is not None else (x.new_zeros(x.shape[:2]), 0)
+        n = x.shape[-1]
+        if self.config.causal:
+            sums = total[..., None] + x.cumsum(-1)
+            counts = count + torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
+            return (sums / counts).transpose(1, 2), (sums[..., -1], count + n)
+        mean = x.mean(-1, keepdim=True).expand(-1, -1, n)
+        return mean.transpose(1, 2), (total + x.sum(-1), count + n)
 
     def gain(self, log_gain: Tensor) -> Tensor:
         """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited

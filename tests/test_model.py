@@ -17,6 +17,8 @@ SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, l
 LONG_HOP = dict(SMALL, channels=(8, 16, 32, 32), strides=(8, 8, 8, 2), fb_window=2048,
                 fb_synthesis=1024)
 """The shipped non-causal layout: a 2048-sample STFT with hop 512 (gains at encoder level 2)."""
+STATIC_EQ = dict(SMALL, static_eq=True)
+"""With the band EQ from time-averaged features (causal: a running mean)."""
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -26,6 +28,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
     # A trained-looking (non-zero) gain head.
     torch.nn.init.normal_(model.head.weight, std=0.05)
     torch.nn.init.normal_(model.band_head.weight, std=0.05)
+    if model.config.static_eq:
+        torch.nn.init.normal_(model.eq_head.weight, std=0.05)
     return model
 
 
@@ -48,8 +52,9 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
     return mixture, gains, presence, expand(audiogram), expand(ratio), expand(makeup)
 
 
-def test_causal_model_sees_at_most_5ms_ahead() -> None:
-    model = _model(causal=True)
+@pytest.mark.parametrize("layout", [SMALL, STATIC_EQ], ids=["default", "static_eq"])
+def test_causal_model_sees_at_most_5ms_ahead(layout: dict) -> None:
+    model = _model(causal=True, layout=layout)
     assert model.config.lookahead <= LOOKAHEAD
     mixture, *cond = _inputs()
     with torch.no_grad():
@@ -63,6 +68,25 @@ def test_causal_model_sees_at_most_5ms_ahead() -> None:
             past = (y[..., : t0 + 1] - y2[..., : t0 + 1]).abs().max()
             assert past <= 1e-6 * y.abs().max(), (t0, past)
             assert not torch.allclose(y[..., t0 + LOOKAHEAD + 1 :], y2[..., t0 + LOOKAHEAD + 1 :])
+
+
+def test_static_eq_needs_bands() -> None:
+    with pytest.raises(ValueError, match="static_eq needs gain_bands"):
+        TuttiModel(TuttiConfig(**dict(STATIC_EQ, gain_bands=0)))
+
+
+def test_static_eq_starts_as_the_identity() -> None:
+    """A new EQ head adds nothing: fine-tuning from a model without one starts where it was."""
+    mixture, *cond = _inputs()
+    torch.manual_seed(0)
+    plain = TuttiModel(TuttiConfig(**SMALL)).eval()
+    with_eq = TuttiModel(TuttiConfig(**STATIC_EQ)).eval()
+    with_eq.load_state_dict(plain.state_dict(), strict=False)
+    torch.nn.init.normal_(plain.head.weight, std=0.05)
+    with_eq.head.load_state_dict(plain.head.state_dict())
+    with torch.no_grad():
+        assert torch.equal(plain(mixture, *cond, hearing_aid=False),
+                           with_eq(mixture, *cond, hearing_aid=False))
 
 
 def test_noncausal_model_uses_the_future() -> None:
@@ -79,8 +103,9 @@ def test_noncausal_model_uses_the_future() -> None:
     assert not torch.equal(y[..., before], y2[..., before])
 
 
-def test_remix_streams_with_state() -> None:
-    model = _model(causal=True)
+@pytest.mark.parametrize("layout", [SMALL, STATIC_EQ], ids=["default", "static_eq"])
+def test_remix_streams_with_state(layout: dict) -> None:
+    model = _model(causal=True, layout=layout)
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()
     listener = Listener(audiogram, ratio, makeup)
     block = model.config.block
