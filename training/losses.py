@@ -118,7 +118,8 @@ class RemixLoss(nn.Module):
     ``w_hearing_aid`` adds an MR-STFT loss between the two signals after the listener's hearing
     aid (passed to :meth:`forward` as ``hearing_aid``), which weights errors as the listener
     hears them. ``w_compressed`` adds :func:`compressed_spectrum_loss`; ``w_sisdr`` adds the
-    negative SI-SDR (dB / 10); ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10).
+    negative SI-SDR (dB / 10); ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10) on
+    ``long_term_bands`` ERB bands.
     ``w_log_mag`` weights auraloss's log-magnitude term against its
     spectral convergence: measured, a model trained with full log-magnitude weight spends
     itself on matching near-silent bins (its loss falls 25 % below the unbalanced mix's while
@@ -129,7 +130,7 @@ class RemixLoss(nn.Module):
                  w_mrstft: float = 1.0, w_sum_diff: float = 0.5, w_l1: float = 10.0,
                  w_hearing_aid: float = 0.0, w_compressed: float = 0.0,
                  w_sisdr: float = 0.0, w_log_mag: float = 1.0, w_long_term: float = 0.0,
-                 sample_rate: int = 44100, eps: float = 1e-5) -> None:
+                 long_term_bands: int = 32, sample_rate: int = 44100, eps: float = 1e-5) -> None:
         super().__init__()
         self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths,
                                                             w_log_mag=w_log_mag, eps=eps)
@@ -141,7 +142,8 @@ class RemixLoss(nn.Module):
         self.w_l1, self.w_hearing_aid = w_l1, w_hearing_aid
         self.w_compressed, self.w_sisdr = w_compressed, w_sisdr
         self.w_long_term = w_long_term
-        self.register_buffer("bands", erb_band_matrix(4096, sample_rate), persistent=False)
+        self.register_buffer("bands", erb_band_matrix(4096, sample_rate, long_term_bands),
+                             persistent=False)
 
     def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None) -> dict[str, Tensor]:
         """Loss terms and their weighted ``total`` (scalars)."""
