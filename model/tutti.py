@@ -275,16 +275,16 @@ class TuttiModel(PreTrainedModel):
 
     def _feature_mean(self, x: Tensor, state: tuple[Tensor, Tensor] | None
                       ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Mean of ``x (B, C, frames)`` over time, ``(B, frames, C)``: causal, over every frame
-        up to each one (state: running sum and count); non-causal, over the chunk."""
+        """Mean of ``x (B, C, frames)`` over time: causal, ``(B, frames, C)`` over every frame
+        up to each one (state: running sum and count); non-causal, ``(B, 1, C)`` over the
+        chunk (one EQ for all its frames)."""
         total, count = state if state is not None else (x.new_zeros(x.shape[:2]), 0)
         n = x.shape[-1]
         if self.config.causal:
             sums = total[..., None] + x.cumsum(-1)
             counts = count + torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
             return (sums / counts).transpose(1, 2), (sums[..., -1], count + n)
-        mean = x.mean(-1, keepdim=True).expand(-1, -1, n)
-        return mean.transpose(1, 2), (total + x.sum(-1), count + n)
+        return x.mean(-1, keepdim=True).transpose(1, 2), (total + x.sum(-1), count + n)
 
     def gain(self, log_gain: Tensor) -> Tensor:
         """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited

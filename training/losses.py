@@ -50,8 +50,8 @@ def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor, n_f
     """Mean absolute difference (dB / 10) between the long-term average power spectra of
     estimate and target ``(B, C, T)`` summed in ``bands`` (:func:`erb_band_matrix`), per channel;
     bands more than ``range_db`` below the target's loudest band count as that floor. HAAQI's
-    linear term compares these spectra: a fixed per-band gain that matches them lifts HAAQI by
-    ~0.1 over the unbalanced mix (README, headroom)."""
+    linear term compares these spectra: a fixed gain per band (32) that matches them lifts HAAQI
+    by 0.06 over the unbalanced mix, by more with finer bands (README, headroom)."""
     window = torch.hann_window(n_fft, device=estimate.device, dtype=estimate.dtype)
 
     def band_db(x: Tensor) -> Tensor:
@@ -119,9 +119,8 @@ class RemixLoss(nn.Module):
     aid (passed to :meth:`forward` as ``hearing_aid``), which weights errors as the listener
     hears them. ``w_compressed`` adds :func:`compressed_spectrum_loss`; ``w_sisdr`` adds the
     negative SI-SDR (dB / 10); ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10) on
-    ``long_term_bands`` ERB bands.
-    ``w_log_mag`` weights auraloss's log-magnitude term against its
-    spectral convergence: measured, a model trained with full log-magnitude weight spends
+    ``long_term_bands`` ERB bands. ``w_log_mag`` weights auraloss's log-magnitude term against
+    its spectral convergence: measured, a model trained with full log-magnitude weight spends
     itself on matching near-silent bins (its loss falls 25 % below the unbalanced mix's while
     its SI-SDR improvement stays at 0 dB, on training and validation examples alike).
     """
