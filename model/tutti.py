@@ -264,8 +264,11 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_bands:
             bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
             log_gain = log_gain + bands @ self.band_to_bin
-        if cfg.static_eq:
-            mean, new_state["eq"] = self._feature_mean(x, state.get("eq"))
+        if cfg.static_eq:  # causal: a running mean; non-causal: one EQ for the whole chunk
+            if cfg.causal:
+                mean, new_state["eq"] = self._running_mean(x, state.get("eq"))
+            else:
+                mean = x.mean(-1, keepdim=True).transpose(1, 2)
             eq = rearrange(self.eq_head(mean), "b t (c k) -> b c t k", c=2)
             log_gain = log_gain + eq @ self.band_to_bin
         gain = self.gain(log_gain)
@@ -273,18 +276,16 @@ class TuttiModel(PreTrainedModel):
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
-    def _feature_mean(self, x: Tensor, state: tuple[Tensor, Tensor] | None
-                      ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Mean of ``x (B, C, frames)`` over time: causal, ``(B, frames, C)`` over every frame
-        up to each one (state: running sum and count); non-causal, ``(B, 1, C)`` over the
-        chunk (one EQ for all its frames)."""
+    @staticmethod
+    def _running_mean(x: Tensor, state: tuple[Tensor, int] | None
+                      ) -> tuple[Tensor, tuple[Tensor, int]]:
+        """Mean of ``x (B, C, frames)`` over every frame of the stream up to each one,
+        ``(B, frames, C)``; the state carries the running sum and count."""
         total, count = state if state is not None else (x.new_zeros(x.shape[:2]), 0)
         n = x.shape[-1]
-        if self.config.causal:
-            sums = total[..., None] + x.cumsum(-1)
-            counts = count + torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
-            return (sums / counts).transpose(1, 2), (sums[..., -1], count + n)
-        return x.mean(-1, keepdim=True).transpose(1, 2), (total + x.sum(-1), count + n)
+        sums = total[..., None] + x.cumsum(-1)
+        counts = count + torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
+        return (sums / counts).transpose(1, 2), (sums[..., -1], count + n)
 
     def gain(self, log_gain: Tensor) -> Tensor:
         """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited

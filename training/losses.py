@@ -45,13 +45,15 @@ def erb_band_matrix(n_fft: int, sample_rate: int, bands: int = 32, fmin: float =
     return out
 
 
-def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor, n_fft: int = 4096,
+def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor,
                             range_db: float = 50.0) -> Tensor:
     """Mean absolute difference (dB / 10) between the long-term average power spectra of
-    estimate and target ``(B, C, T)`` summed in ``bands`` (:func:`erb_band_matrix`), per channel;
+    estimate and target ``(B, C, T)`` summed in ``bands`` (:func:`erb_band_matrix`, whose rows
+    set the STFT size), per channel;
     bands more than ``range_db`` below the target's loudest band count as that floor. HAAQI's
     linear term compares these spectra: a fixed gain per band (32) that matches them lifts HAAQI
     by 0.06 over the unbalanced mix, by more with finer bands (README, headroom)."""
+    n_fft = 2 * (bands.shape[0] - 1)
     window = torch.hann_window(n_fft, device=estimate.device, dtype=estimate.dtype)
 
     def band_db(x: Tensor) -> Tensor:
