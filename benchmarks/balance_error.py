@@ -1,0 +1,120 @@
+"""Long-term balance error of Tutti models: how far each output's average spectrum is from the
+reference remix's, in ERB bands (dB), against the unbalanced mix.
+
+This is the quantity behind most of HAAQI's gain (README, headroom: imposing the reference's
+long-term spectrum on the mixture is worth +0.06 with 32 bands); it needs no HAAQI, so it is fast.
+Examples are drawn as in training (``training/dataset.py``, fixed seed) from a CAD2-layout split,
+one 10 s segment each. Printed per model and for strings-only, winds-only and mixed ensembles:
+the mean absolute band error (dB) of the level-adjusted mixture (noop) and of the model's remix
+before the hearing aid, the share of the noop error removed, and the correlation between the
+model's long-term correction (remix minus mixture, dB per band, level removed) and the needed one.
+
+Usage: ``python benchmarks/balance_error.py ROOT --split valid --model models/noncausal
+[--model models/causal] [--examples 200] [--bands 32 128]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.apply import load_model  # noqa: E402
+from model.cad2 import SLOTS, instrument_of  # noqa: E402
+from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
+from model.tutti import Listener  # noqa: E402
+from training.dataset import ExampleConfig, RebalanceDataset  # noqa: E402
+from training.losses import erb_band_matrix  # noqa: E402
+
+STRINGS = {"Violin", "Viola", "Cello"}
+N_FFT = 4096
+
+
+def ensemble_kind(presence: torch.Tensor) -> str:
+    """``strings``, ``winds`` or ``mixed`` from a presence vector over :data:`SLOTS`."""
+    kinds = {instrument_of(SLOTS[i]) in STRINGS for i in torch.nonzero(presence).flatten()}
+    return "mixed" if len(kinds) == 2 else ("strings" if True in kinds else "winds")
+
+
+def band_db(x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
+    """Long-term level ``(2, bands)`` dB of a signal ``(2, T)`` (Hann STFT of ``N_FFT``)."""
+    spec = torch.stft(x, N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT), return_complex=True)
+    return 10 * torch.log10(spec.abs().square().mean(-1) @ bands + 1e-20)
+
+
+def band_error(est: torch.Tensor, ref: torch.Tensor, range_db: float = 50.0) -> float:
+    """Mean absolute dB difference per band; bands more than ``range_db`` below the
+    reference's loudest count as that floor (as :func:`training.losses.long_term_spectrum_loss`)."""
+    floor = ref.amax(-1, keepdim=True) - range_db
+    return float((torch.maximum(est, floor) - torch.maximum(ref, floor)).abs().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--model", type=Path, action="append", required=True)
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--bands", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    dataset = RebalanceDataset([args.root], args.split, ExampleConfig(seconds=args.seconds))
+    models = {path.name: load_model(path) for path in args.model}
+    bands = {n: erb_band_matrix(N_FFT, 44100, n) for n in args.bands}
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    with torch.no_grad():
+        for _ in tqdm(range(args.examples), desc="examples"):
+            ex = dataset.example(rng)
+            present = ex["presence"] > 0
+            level = float(db_to_gain(level_adjustment_db(ex["gains_db"], present)))
+            listener = Listener(ex["audiogram"][None], ex["ratio"][None], ex["makeup_db"][None])
+            outputs = {"noop": level * ex["mixture"]}
+            for name, model in models.items():
+                outputs[name] = model.remix_offline(ex["mixture"][None], ex["gains_db"][None],
+                                                    ex["presence"][None], listener)[0]
+            row = {"kind": ensemble_kind(ex["presence"]), "zero": not ex["gains_db"].any()}
+            for n, m in bands.items():
+                ref = band_db(ex["target"], m)
+                mix = band_db(outputs["noop"], m)
+                for name, out in outputs.items():
+                    est = band_db(out, m)
+                    row[(name, n)] = band_error(est, ref)
+                    row[(name, n, "corr")] = ((est - mix).flatten(), (ref - mix).flatten())
+            rows.append(row)
+
+    print(f"\n{args.root} [{args.split}], {len(rows)} examples of {args.seconds:g} s "
+          f"(seed {args.seed}); long-term band error in dB, ERB bands 80 Hz-8 kHz")
+    systems = ["noop", *models]
+    for n in args.bands:
+        print(f"\n{n} bands: {'subset':8s} {'examples':>8s} "
+              + " ".join(f"{s:>12s}" for s in systems)
+              + "".join(f" {s + ' removed':>18s} {s + ' corr':>14s}" for s in models))
+        for subset in ("all", "strings", "winds", "mixed"):
+            chosen = [r for r in rows if subset == "all" or r["kind"] == subset]
+            if not chosen:
+                continue
+            errs = {s: float(np.mean([r[(s, n)] for r in chosen])) for s in systems}
+            line = f"{'':9s}{subset:8s} {len(chosen):8d} " + " ".join(
+                f"{errs[s]:12.3f}" for s in systems)
+            for s in models:
+                removed = 1 - errs[s] / max(errs["noop"], 1e-9)
+                # correlation over examples with some rebalancing to do
+                pairs = [r[(s, n, "corr")] for r in chosen if not r["zero"]]
+                got = torch.cat([p[0] for p in pairs]).double()
+                need = torch.cat([p[1] for p in pairs]).double()
+                corr = float(torch.corrcoef(torch.stack([got, need]))[0, 1])
+                line += f" {removed:18.1%} {corr:14.3f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
