@@ -30,29 +30,17 @@ from model.cad2 import SLOTS, instrument_of  # noqa: E402
 from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
 from model.tutti import Listener  # noqa: E402
 from training.dataset import ExampleConfig, RebalanceDataset  # noqa: E402
-from training.losses import erb_band_matrix  # noqa: E402
+from training.losses import band_level_error, erb_band_matrix, long_term_band_db  # noqa: E402
 
 STRINGS = {"Violin", "Viola", "Cello"}
 N_FFT = 4096
+"""STFT size of the long-term spectra (10.8 Hz bins)."""
 
 
 def ensemble_kind(presence: torch.Tensor) -> str:
     """``strings``, ``winds`` or ``mixed`` from a presence vector over :data:`SLOTS`."""
     kinds = {instrument_of(SLOTS[i]) in STRINGS for i in torch.nonzero(presence).flatten()}
     return "mixed" if len(kinds) == 2 else ("strings" if True in kinds else "winds")
-
-
-def band_db(x: torch.Tensor, bands: torch.Tensor) -> torch.Tensor:
-    """Long-term level ``(2, bands)`` dB of a signal ``(2, T)`` (Hann STFT of ``N_FFT``)."""
-    spec = torch.stft(x, N_FFT, N_FFT // 4, window=torch.hann_window(N_FFT), return_complex=True)
-    return 10 * torch.log10(spec.abs().square().mean(-1) @ bands + 1e-20)
-
-
-def band_error(est: torch.Tensor, ref: torch.Tensor, range_db: float = 50.0) -> float:
-    """Mean absolute dB difference per band; bands more than ``range_db`` below the
-    reference's loudest count as that floor (as :func:`training.losses.long_term_spectrum_loss`)."""
-    floor = ref.amax(-1, keepdim=True) - range_db
-    return float((torch.maximum(est, floor) - torch.maximum(ref, floor)).abs().mean())
 
 
 def main() -> None:
@@ -83,11 +71,11 @@ def main() -> None:
                                                     ex["presence"][None], listener)[0]
             row = {"kind": ensemble_kind(ex["presence"]), "zero": not ex["gains_db"].any()}
             for n, m in bands.items():
-                ref = band_db(ex["target"], m)
-                mix = band_db(outputs["noop"], m)
+                ref = long_term_band_db(ex["target"][None], m)[0]
+                mix = long_term_band_db(outputs["noop"][None], m)[0]
                 for name, out in outputs.items():
-                    est = band_db(out, m)
-                    row[(name, n)] = band_error(est, ref)
+                    est = long_term_band_db(out[None], m)[0]
+                    row[(name, n)] = float(band_level_error(est, ref))
                     row[(name, n, "corr")] = ((est - mix).flatten(), (ref - mix).flatten())
             rows.append(row)
 

@@ -9,8 +9,10 @@ import torch
 
 from training.losses import (
     RemixLoss,
+    band_level_error,
     compressed_spectrum_loss,
     erb_band_matrix,
+    long_term_band_db,
     long_term_spectrum_loss,
     si_sdr,
 )
@@ -59,6 +61,22 @@ def test_long_term_spectrum_loss_is_band_level_error_in_db() -> None:
     est = (0.5 * target).requires_grad_()
     long_term_spectrum_loss(est, target, bands).backward()
     assert (est.grad * target).sum() < 0
+
+
+def test_band_levels_keep_batch_and_channels() -> None:
+    """The band levels the long-term loss and ``benchmarks/balance_error.py`` compare: one row
+    per example and channel, and the floor applies to each row's own loudest band."""
+    bands = erb_band_matrix(4096, SR)
+    left = 0.01 * torch.randn(2, SR, generator=torch.Generator().manual_seed(1))
+    x = torch.stack([torch.stack([left[0], 0.1 * left[1]]), torch.stack([left[1], left[0]])])
+    db = long_term_band_db(x, bands)
+    assert db.shape == (2, 2, 32)
+    # The quieter channel is 20 dB down in every band; the other example is unchanged.
+    assert torch.allclose(db[0, 1] - db[1, 0], torch.full((32,), -20.0), atol=1e-3)
+    assert torch.allclose(db[0, 0], db[1, 1])
+    ref = torch.tensor([[0.0, -10.0, -60.0, -80.0]])
+    assert math.isclose(band_level_error(ref + 3.0, ref).item(), 1.5)  # two bands under -50 dB
+    assert math.isclose(band_level_error(ref + 3.0, ref, range_db=100.0).item(), 3.0)
 
 
 def test_remix_loss_terms() -> None:

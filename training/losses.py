@@ -45,24 +45,30 @@ def erb_band_matrix(n_fft: int, sample_rate: int, bands: int = 32, fmin: float =
     return out
 
 
+def long_term_band_db(x: Tensor, bands: Tensor) -> Tensor:
+    """Long-term average power ``(B, C, bands)`` in dB of ``x (B, C, T)``, summed in ``bands``
+    (:func:`erb_band_matrix`, whose rows set the Hann STFT's size; hop a quarter of it)."""
+    n_fft = 2 * (bands.shape[0] - 1)
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    power = magnitude_stft(x.flatten(0, 1), n_fft, n_fft // 4, window, 1e-20).square()
+    return 10 * torch.log10(power.mean(-1) @ bands + 1e-20).unflatten(0, x.shape[:2])
+
+
+def band_level_error(estimate_db: Tensor, target_db: Tensor, range_db: float = 50.0) -> Tensor:
+    """Mean absolute difference (dB) of band levels ``(..., bands)``; bands more than
+    ``range_db`` below the target's loudest band count as that floor."""
+    floor = target_db.amax(-1, keepdim=True).detach() - range_db
+    return (torch.maximum(estimate_db, floor) - torch.maximum(target_db, floor)).abs().mean()
+
+
 def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor,
                             range_db: float = 50.0) -> Tensor:
-    """Mean absolute difference (dB / 10) between the long-term average power spectra of
-    estimate and target ``(B, C, T)`` summed in ``bands`` (:func:`erb_band_matrix`, whose rows
-    set the STFT size), per channel;
-    bands more than ``range_db`` below the target's loudest band count as that floor. HAAQI's
-    linear term compares these spectra: a fixed gain per band (32) that matches them lifts HAAQI
-    by 0.06 over the unbalanced mix, by more with finer bands (README, headroom)."""
-    n_fft = 2 * (bands.shape[0] - 1)
-    window = torch.hann_window(n_fft, device=estimate.device, dtype=estimate.dtype)
-
-    def band_db(x: Tensor) -> Tensor:
-        power = magnitude_stft(x.flatten(0, 1), n_fft, n_fft // 4, window, 1e-20).square()
-        return 10 * torch.log10(power.mean(-1) @ bands + 1e-20)
-
-    est, ref = band_db(estimate), band_db(target)
-    floor = ref.amax(-1, keepdim=True).detach() - range_db
-    return (torch.maximum(est, floor) - torch.maximum(ref, floor)).abs().mean() / 10.0
+    """:func:`band_level_error` (dB / 10) between the :func:`long_term_band_db` of estimate and
+    target ``(B, C, T)``, per channel. HAAQI's linear term compares these spectra: a fixed gain
+    per band (32) that matches them lifts HAAQI by 0.06 over the unbalanced mix, by more with
+    finer bands (README, headroom)."""
+    return band_level_error(long_term_band_db(estimate, bands), long_term_band_db(target, bands),
+                            range_db) / 10.0
 
 
 class _RFFT(torch.autograd.Function):
