@@ -10,7 +10,7 @@ before the hearing aid, the share of the noop error removed, and the correlation
 model's long-term correction (remix minus mixture, dB per band, level removed) and the needed one.
 
 Usage: ``python benchmarks/balance_error.py ROOT --split valid --model models/noncausal
-[--model models/causal] [--examples 200] [--bands 32 128]``
+[--model models/causal] [--examples 150] [--bands 32 128]``
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--split", default="valid")
     parser.add_argument("--model", type=Path, action="append", required=True)
-    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--examples", type=int, default=150)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--bands", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--seed", type=int, default=0)
