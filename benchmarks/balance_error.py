@@ -29,18 +29,12 @@ from model.apply import load_model  # noqa: E402
 from model.cad2 import SLOTS, instrument_of  # noqa: E402
 from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
 from model.tutti import Listener  # noqa: E402
+from training.corpus import ensemble_kind  # noqa: E402
 from training.dataset import ExampleConfig, RebalanceDataset  # noqa: E402
 from training.losses import band_level_error, erb_band_matrix, long_term_band_db  # noqa: E402
 
-STRINGS = {"Violin", "Viola", "Cello"}
 N_FFT = 4096
 """STFT size of the long-term spectra (10.8 Hz bins)."""
-
-
-def ensemble_kind(presence: torch.Tensor) -> str:
-    """``strings``, ``winds`` or ``mixed`` from a presence vector over :data:`SLOTS`."""
-    kinds = {instrument_of(SLOTS[i]) in STRINGS for i in torch.nonzero(presence).flatten()}
-    return "mixed" if len(kinds) == 2 else ("strings" if True in kinds else "winds")
 
 
 def main() -> None:
@@ -69,7 +63,8 @@ def main() -> None:
             for name, model in models.items():
                 outputs[name] = model.remix_offline(ex["mixture"][None], ex["gains_db"][None],
                                                     ex["presence"][None], listener)[0]
-            row = {"kind": ensemble_kind(ex["presence"]), "zero": not ex["gains_db"].any()}
+            kinds = (instrument_of(SLOTS[i]) for i in torch.nonzero(present).flatten())
+            row = {"kind": ensemble_kind(kinds), "zero": not ex["gains_db"].any()}
             for n, m in bands.items():
                 ref = long_term_band_db(ex["target"][None], m)[0]
                 mix = long_term_band_db(outputs["noop"][None], m)[0]

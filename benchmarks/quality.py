@@ -24,16 +24,9 @@ from model.apply import Request, load_model, remix  # noqa: E402
 from model.batch import BASELINES, model_system, run_batch  # noqa: E402
 from model.cad2 import CAD2Split, instrument_of  # noqa: E402
 from model.hearing_aid import adjust_level  # noqa: E402
+from training.corpus import ensemble_kind  # noqa: E402
 from training.evaluate import evaluate, reference_mixture  # noqa: E402
 from training.losses import si_sdr  # noqa: E402
-
-STRINGS = {"Violin", "Viola", "Cello"}
-
-
-def ensemble_kind(split: CAD2Split, music_id: str) -> str:
-    """``strings``, ``winds`` or ``mixed``."""
-    kinds = {instrument_of(t.instrument) in STRINGS for t in split.music[music_id].sources.values()}
-    return "mixed" if len(kinds) == 2 else ("strings" if True in kinds else "winds")
 
 
 def main() -> None:
@@ -58,7 +51,9 @@ def main() -> None:
         scores[system] = {(r["scene"], r["listener"]): float(r["avg_haaqi"]) for r in rows}
 
     pairs = list(scores["noop"])
-    kinds = {p: ensemble_kind(split, split.scenes[p[0]].music_id) for p in pairs}
+    kinds = {p: ensemble_kind(instrument_of(t.instrument) for t in
+                              split.music[split.scenes[p[0]].music_id].sources.values())
+             for p in pairs}
     print(f"\n{args.root} [{args.split}], {len(pairs)} scene x listener pairs, model {args.model}")
     print(f"{'subset':10s} {'pairs':>5s} " + " ".join(f"{s:>12s}" for s in systems)
           + f" {'gap closed':>10s}")

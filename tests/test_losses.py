@@ -65,7 +65,7 @@ def test_long_term_spectrum_loss_is_band_level_error_in_db() -> None:
 
 def test_band_levels_keep_batch_and_channels() -> None:
     """The band levels the long-term loss and ``benchmarks/balance_error.py`` compare: one row
-    per example and channel, and the floor applies to each row's own loudest band."""
+    per example and channel; bands far below the target's loudest count as the floor."""
     bands = erb_band_matrix(4096, SR)
     left = 0.01 * torch.randn(2, SR, generator=torch.Generator().manual_seed(1))
     x = torch.stack([torch.stack([left[0], 0.1 * left[1]]), torch.stack([left[1], left[0]])])

@@ -50,6 +50,13 @@ DOUBLED: tuple[str, ...] = ("Flute", "Sax", "Viola", "Violin")
 STRINGS: tuple[str, ...] = ("Violin", "Viola", "Cello")
 WINDS: tuple[str, ...] = ("Flute", "Oboe", "Clarinet", "Sax", "Bassoon")
 
+
+def ensemble_kind(instruments: Iterable[str]) -> str:
+    """``strings``, ``winds`` or ``mixed``: the kind of an ensemble of CAD2 instruments."""
+    kinds = {instrument in STRINGS for instrument in instruments}
+    return "mixed" if len(kinds) == 2 else ("strings" if True in kinds else "winds")
+
+
 RANGES: dict[str, tuple[int, int]] = {
     "Violin": (55, 100),
     "Viola": (48, 88),
