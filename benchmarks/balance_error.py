@@ -50,7 +50,8 @@ def main() -> None:
 
     dataset = RebalanceDataset([args.root], args.split, ExampleConfig(seconds=args.seconds))
     models = {path.name: load_model(path) for path in args.model}
-    bands = {n: erb_band_matrix(N_FFT, 44100, n) for n in args.bands}
+    # every band count in one matrix: one STFT per signal, split per band count afterwards
+    bands = torch.cat([erb_band_matrix(N_FFT, 44100, n) for n in args.bands], dim=1)
     rng = np.random.default_rng(args.seed)
     rows = []
     with torch.no_grad():
@@ -65,11 +66,13 @@ def main() -> None:
                                                     ex["presence"][None], listener)[0]
             kinds = (instrument_of(SLOTS[i]) for i in torch.nonzero(present).flatten())
             row = {"kind": ensemble_kind(kinds), "zero": not ex["gains_db"].any()}
-            for n, m in bands.items():
-                ref = long_term_band_db(ex["target"][None], m)[0]
-                mix = long_term_band_db(outputs["noop"][None], m)[0]
-                for name, out in outputs.items():
-                    est = long_term_band_db(out[None], m)[0]
+            signals = {"target": ex["target"], **outputs}
+            levels = {name: long_term_band_db(x[None], bands)[0].split(args.bands, dim=-1)
+                      for name, x in signals.items()}
+            for j, n in enumerate(args.bands):
+                ref, mix = levels["target"][j], levels["noop"][j]
+                for name in outputs:
+                    est = levels[name][j]
                     row[(name, n)] = float(band_level_error(est, ref))
                     row[(name, n, "corr")] = ((est - mix).flatten(), (ref - mix).flatten())
             rows.append(row)
