@@ -58,6 +58,7 @@ class TuttiConfig(PretrainedConfig):
         fb_synthesis: int = 128,
         gain_bands: int = 0,
         static_eq: bool = False,
+        context_eq: bool = False,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -76,6 +77,7 @@ class TuttiConfig(PretrainedConfig):
         self.fb_synthesis = int(fb_synthesis)
         self.gain_bands = int(gain_bands)
         self.static_eq = bool(static_eq)
+        self.context_eq = bool(context_eq)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -200,6 +202,15 @@ class TuttiModel(PreTrainedModel):
             self.eq_head = nn.Linear(c, 2 * config.gain_bands)
             nn.init.zeros_(self.eq_head.weight)
             nn.init.zeros_(self.eq_head.bias)
+        if config.context_eq:
+            # Band gains straight from the transformer's output, one set per bottleneck frame:
+            # the path with long context sets the balance (the skip at the gain level gives the
+            # head local features only, and trained models leave the bottleneck unused).
+            if not config.gain_bands:
+                raise ValueError("context_eq needs gain_bands > 0")
+            self.context_head = nn.Linear(config.dim, 2 * config.gain_bands)
+            nn.init.zeros_(self.context_head.weight)
+            nn.init.zeros_(self.context_head.bias)
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -255,6 +266,7 @@ class TuttiModel(PreTrainedModel):
         x = pointwise(self.to_dim, x)
         for i, layer in enumerate(self.transformer):
             x, new_state[f"tf{i}"] = layer(x, cond, state.get(f"tf{i}"))
+        context = x
         x = pointwise(self.from_dim, x)
         for i, layer in enumerate(self.decoder):
             x, new_state[f"dec{i}"] = layer(x + skips.pop(), cond, state.get(f"dec{i}"))
@@ -270,6 +282,11 @@ class TuttiModel(PreTrainedModel):
             else:
                 mean = x.mean(-1, keepdim=True).transpose(1, 2)
             eq = rearrange(self.eq_head(mean), "b t (c k) -> b c t k", c=2)
+            log_gain = log_gain + eq @ self.band_to_bin
+        if cfg.context_eq:  # each bottleneck frame's bands cover its gain frames
+            eq = rearrange(self.context_head(context.transpose(1, 2)), "b t (c k) -> b c t k",
+                           c=2)
+            eq = eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
             log_gain = log_gain + eq @ self.band_to_bin
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,

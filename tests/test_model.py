@@ -19,6 +19,10 @@ LONG_HOP = dict(SMALL, channels=(8, 16, 32, 32), strides=(8, 8, 8, 2), fb_window
 """The shipped non-causal layout: a 2048-sample STFT with hop 512 (gains at encoder level 2)."""
 STATIC_EQ = dict(SMALL, static_eq=True)
 """With the band EQ from time-averaged features (causal: a running mean)."""
+CONTEXT_EQ = dict(SMALL, context_eq=True)
+"""With band gains from the transformer's output."""
+EQ_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ],
+                  ids=["default", "static_eq", "context_eq"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -30,6 +34,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
     torch.nn.init.normal_(model.band_head.weight, std=0.05)
     if model.config.static_eq:
         torch.nn.init.normal_(model.eq_head.weight, std=0.05)
+    if model.config.context_eq:
+        torch.nn.init.normal_(model.context_head.weight, std=0.05)
     return model
 
 
@@ -52,7 +58,7 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
     return mixture, gains, presence, expand(audiogram), expand(ratio), expand(makeup)
 
 
-@pytest.mark.parametrize("layout", [SMALL, STATIC_EQ], ids=["default", "static_eq"])
+@pytest.mark.parametrize(**EQ_LAYOUTS)
 def test_causal_model_sees_at_most_5ms_ahead(layout: dict) -> None:
     model = _model(causal=True, layout=layout)
     assert model.config.lookahead <= LOOKAHEAD
@@ -70,17 +76,19 @@ def test_causal_model_sees_at_most_5ms_ahead(layout: dict) -> None:
             assert not torch.allclose(y[..., t0 + LOOKAHEAD + 1 :], y2[..., t0 + LOOKAHEAD + 1 :])
 
 
-def test_static_eq_needs_bands() -> None:
-    with pytest.raises(ValueError, match="static_eq needs gain_bands"):
-        TuttiModel(TuttiConfig(**dict(STATIC_EQ, gain_bands=0)))
+@pytest.mark.parametrize("name", ["static_eq", "context_eq"])
+def test_eq_heads_need_bands(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} needs gain_bands"):
+        TuttiModel(TuttiConfig(**dict(SMALL, gain_bands=0, **{name: True})))
 
 
-def test_static_eq_starts_as_the_identity() -> None:
+@pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ], ids=["static_eq", "context_eq"])
+def test_eq_heads_start_as_the_identity(layout: dict) -> None:
     """A new EQ head adds nothing: fine-tuning from a model without one starts where it was."""
     mixture, *cond = _inputs()
     torch.manual_seed(0)
     plain = TuttiModel(TuttiConfig(**SMALL)).eval()
-    with_eq = TuttiModel(TuttiConfig(**STATIC_EQ)).eval()
+    with_eq = TuttiModel(TuttiConfig(**layout)).eval()
     with_eq.load_state_dict(plain.state_dict(), strict=False)
     torch.nn.init.normal_(plain.head.weight, std=0.05)
     with_eq.head.load_state_dict(plain.head.state_dict())
@@ -103,7 +111,7 @@ def test_noncausal_model_uses_the_future() -> None:
     assert not torch.equal(y[..., before], y2[..., before])
 
 
-@pytest.mark.parametrize("layout", [SMALL, STATIC_EQ], ids=["default", "static_eq"])
+@pytest.mark.parametrize(**EQ_LAYOUTS)
 def test_remix_streams_with_state(layout: dict) -> None:
     model = _model(causal=True, layout=layout)
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()

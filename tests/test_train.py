@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import build_model, load_config, train, transferable
+from training.train import build_model, load_config, train, trainable_parameters, transferable
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train_tiny.yaml"
 
@@ -97,6 +97,26 @@ def test_init_from_another_layout() -> None:
         transferable(wider, {"decoder.9.weight": torch.zeros(1)}, "source")
     with pytest.raises(ValueError, match="no weight has this model's shape"):
         transferable(wider, {"encoder.1.mix.weight": torch.zeros(1)}, "source")
+
+
+def test_train_only_the_named_parameters(cad2_root: Path, tmp_path: Path) -> None:
+    """``train.trainable`` fine-tunes the named parts (here a new context EQ head and the
+    transformer) and leaves every other weight exactly as it started."""
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    train(load_config(CONF, _overrides(cad2_root, first, 2)), progress=False)
+    tuned = tmp_path / "tuned"
+    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
+                             "model.context_eq=true", "optim.lr=0.01",
+                             "train.trainable=[context_head,transformer]"]), progress=False)
+    start = load_file(str(first / "best" / "model.safetensors"))
+    end = load_file(str(tuned / "checkpoint" / "model.safetensors"))
+    moved = {k for k in end if k not in start or not torch.equal(start[k], end[k])}
+    assert moved and all(k.startswith(("context_head", "transformer")) for k in moved), moved
+    assert any(k.startswith("context_head") for k in moved)
+    with pytest.raises(ValueError, match=r"no parameter of this model starts with \['decoder9'\]"):
+        trainable_parameters(build_model(load_config(CONF)), ["transformer", "decoder9"])
 
 
 def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -49,6 +50,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> DictCon
 def build_model(cfg: DictConfig) -> TuttiModel:
     """A fresh model from the config's ``model`` section."""
     return TuttiModel(TuttiConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+
+
+def trainable_parameters(model: TuttiModel, prefixes: list[str] | None) -> list[nn.Parameter]:
+    """The parameters to optimise: those whose name starts with one of ``prefixes`` (None: all).
+
+    The rest are frozen (``requires_grad`` off), so a fine-tune of a new head keeps the network
+    it starts from. Raises when a prefix names no parameter.
+    """
+    if not prefixes:
+        return list(model.parameters())
+    named = dict(model.named_parameters())
+    unused = [p for p in prefixes if not any(n.startswith(p) for n in named)]
+    if unused:
+        raise ValueError(f"train.trainable: no parameter of this model starts with {unused}")
+    chosen = []
+    for name, param in named.items():
+        param.requires_grad_(any(name.startswith(p) for p in prefixes))
+        if param.requires_grad:
+            chosen.append(param)
+    return chosen
 
 
 def example_config(cfg: DictConfig) -> ExampleConfig:
@@ -237,7 +258,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
     model = build_model(cfg).to(device)
     loss_fn = RemixLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+    params = trainable_parameters(model, cfg.train.get("trainable"))
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     state = {"step": 0, "best_valid_loss": float("inf"), "examples": 0}
@@ -295,7 +317,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         terms = loss_fn(est, b["target"], hearing_aid)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
         state["step"] = step = step + 1
         state["examples"] += int(cfg.optim.batch_size)
