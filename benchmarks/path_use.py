@@ -50,10 +50,10 @@ def cut(model: TuttiModel, path: str) -> Iterator[bool]:
     elif path == "eq heads":
         for name in ("context_head", "eq_head"):
             if hasattr(model, name):
-                weight = getattr(model, name).weight
-                saved.append((weight, weight.detach().clone()))
-                with torch.no_grad():
-                    weight.zero_()
+                for param in getattr(model, name).parameters():  # weight and bias: head off
+                    saved.append((param, param.detach().clone()))
+                    with torch.no_grad():
+                        param.zero_()
     try:
         yield bool(handles or saved)
     finally:
