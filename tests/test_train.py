@@ -22,6 +22,16 @@ def _overrides(root: Path, run: Path, steps: int) -> list[str]:
     return [f"data.roots=[{root}]", f"run_dir={run}", f"optim.max_steps={steps}"]
 
 
+def _fine_tune(root: Path, tmp_path: Path, first_steps: int, *extra: str) -> tuple[Path, Path]:
+    """A first tiny run of ``first_steps``, then 3 steps fine-tuned from its best model with the
+    ``extra`` overrides; returns both run folders."""
+    first, tuned = tmp_path / "first", tmp_path / "tuned"
+    train(load_config(CONF, _overrides(root, first, first_steps)), progress=False)
+    train(load_config(CONF, [*_overrides(root, tuned, 3), f"train.init_from={first}/best",
+                             *extra]), progress=False)
+    return first, tuned
+
+
 def test_train_checkpoint_and_resume(cad2_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(load_config(CONF, [*_overrides(cad2_root, run, 4), "train.valid_haaqi_pairs=1"]),
@@ -104,12 +114,8 @@ def test_train_only_the_named_parameters(cad2_root: Path, tmp_path: Path) -> Non
     transformer) and leaves every other weight exactly as it started."""
     from safetensors.torch import load_file
 
-    first = tmp_path / "first"
-    train(load_config(CONF, _overrides(cad2_root, first, 2)), progress=False)
-    tuned = tmp_path / "tuned"
-    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
-                             "model.context_eq=true", "optim.lr=0.01",
-                             "train.trainable=[context_head,transformer]"]), progress=False)
+    first, tuned = _fine_tune(cad2_root, tmp_path, 2, "model.context_eq=true", "optim.lr=0.01",
+                              "train.trainable=[context_head,transformer]")
     start = load_file(str(first / "best" / "model.safetensors"))
     end = load_file(str(tuned / "checkpoint" / "model.safetensors"))
     moved = {k for k in end if k not in start or not torch.equal(start[k], end[k])}
@@ -123,11 +129,7 @@ def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> N
     """A run started with ``init_from`` validates the start as step 0; ``best`` is never worse."""
     from safetensors.torch import load_file
 
-    first = tmp_path / "first"
-    train(load_config(CONF, _overrides(cad2_root, first, 3)), progress=False)
-    tuned = tmp_path / "tuned"
-    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
-                             "optim.lr=1.0"]), progress=False)  # a huge step: worse than start
+    first, tuned = _fine_tune(cad2_root, tmp_path, 3, "optim.lr=1.0")  # worse than the start
     with (tuned / "log.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["valid_loss"]]
     assert [int(r["step"]) for r in rows] == [0, 3]
@@ -144,12 +146,8 @@ def test_select_best_by_haaqi(cad2_root: Path, tmp_path: Path) -> None:
     """With ``train.select_by=haaqi`` the run keeps the weights of its highest validation HAAQI."""
     from safetensors.torch import load_file
 
-    first = tmp_path / "first"
-    train(load_config(CONF, _overrides(cad2_root, first, 2)), progress=False)
-    tuned = tmp_path / "tuned"
-    train(load_config(CONF, [*_overrides(cad2_root, tuned, 3), f"train.init_from={first}/best",
-                             "optim.lr=0.5", "train.valid_haaqi_pairs=1",
-                             "train.select_by=haaqi"]), progress=False)
+    first, tuned = _fine_tune(cad2_root, tmp_path, 2, "optim.lr=0.5", "train.valid_haaqi_pairs=1",
+                              "train.select_by=haaqi")
     with (tuned / "log.csv").open() as fh:
         start, after = (float(r["valid_haaqi"]) for r in csv.DictReader(fh) if r["valid_haaqi"])
     assert start != after  # the big step changed the output
