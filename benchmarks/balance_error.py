@@ -21,16 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import drawn_examples  # noqa: E402
 from model.apply import load_model  # noqa: E402
 from model.cad2 import SLOTS, instrument_of  # noqa: E402
-from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
-from model.tutti import Listener  # noqa: E402
 from training.corpus import ensemble_kind  # noqa: E402
-from training.dataset import ExampleConfig, RebalanceDataset  # noqa: E402
 from training.losses import band_level_error, erb_band_matrix, long_term_band_db  # noqa: E402
 
 N_FFT = 4096
@@ -39,32 +36,21 @@ N_FFT = 4096
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--split", default="valid")
-    parser.add_argument("--model", type=Path, action="append", required=True)
-    parser.add_argument("--examples", type=int, default=150)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    drawn_examples.add_arguments(parser, examples=150)
     parser.add_argument("--bands", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    dataset = RebalanceDataset([args.root], args.split, ExampleConfig(seconds=args.seconds))
     models = {path.name: load_model(path) for path in args.model}
     # every band count in one matrix: one STFT per signal, split per band count afterwards
     bands = torch.cat([erb_band_matrix(N_FFT, 44100, n) for n in args.bands], dim=1)
-    rng = np.random.default_rng(args.seed)
     rows = []
     with torch.no_grad():
-        for _ in tqdm(range(args.examples), desc="examples"):
-            ex = dataset.example(rng)
-            present = ex["presence"] > 0
-            level = float(db_to_gain(level_adjustment_db(ex["gains_db"], present)))
-            listener = Listener(ex["audiogram"][None], ex["ratio"][None], ex["makeup_db"][None])
-            outputs = {"noop": level * ex["mixture"]}
+        for ex, inputs, noop in drawn_examples.draw(args):
+            outputs = {"noop": noop}
             for name, model in models.items():
-                outputs[name] = model.remix_offline(ex["mixture"][None], ex["gains_db"][None],
-                                                    ex["presence"][None], listener)[0]
-            kinds = (instrument_of(SLOTS[i]) for i in torch.nonzero(present).flatten())
+                outputs[name] = model.remix_offline(*inputs)[0]
+            present = torch.nonzero(ex["presence"] > 0).flatten()
+            kinds = (instrument_of(SLOTS[i]) for i in present)
             row = {"kind": ensemble_kind(kinds), "zero": not ex["gains_db"].any()}
             signals = {"target": ex["target"], **outputs}
             levels = {name: long_term_band_db(x[None], bands)[0].split(args.bands, dim=-1)

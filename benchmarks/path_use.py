@@ -24,16 +24,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import drawn_examples  # noqa: E402
 from model.apply import load_model  # noqa: E402
-from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
-from model.tutti import Listener, TuttiModel  # noqa: E402
-from training.dataset import ExampleConfig, RebalanceDataset  # noqa: E402
+from model.tutti import TuttiModel  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -69,32 +66,21 @@ PATHS = ("bottleneck", "attention", "eq heads")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
-    parser.add_argument("--split", default="valid")
-    parser.add_argument("--model", type=Path, action="append", required=True)
-    parser.add_argument("--examples", type=int, default=40)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
+    drawn_examples.add_arguments(parser, examples=40)
     args = parser.parse_args()
 
-    dataset = RebalanceDataset([args.root], args.split, ExampleConfig(seconds=args.seconds))
     models = {path.name: load_model(path) for path in args.model}
-    rng = np.random.default_rng(args.seed)
     change = {name: 0.0 for name in models}
     lost = {(name, p): 0.0 for name in models for p in PATHS}
-    has = {}
+    has, used = {}, 0
     with torch.no_grad():
-        for _ in tqdm(range(args.examples), desc="examples"):
-            ex = dataset.example(rng)
+        for ex, inputs, noop in drawn_examples.draw(args):
             if not ex["gains_db"].any():
                 continue  # nothing to rebalance
-            present = ex["presence"] > 0
-            level = float(db_to_gain(level_adjustment_db(ex["gains_db"], present)))
-            listener = Listener(ex["audiogram"][None], ex["ratio"][None], ex["makeup_db"][None])
-            inputs = (ex["mixture"][None], ex["gains_db"][None], ex["presence"][None], listener)
+            used += 1
             for name, model in models.items():
                 full = model.remix_offline(*inputs)[0]
-                change[name] += float((full - level * ex["mixture"]).square().sum())
+                change[name] += float((full - noop).square().sum())
                 for p in PATHS:
                     with cut(model, p) as present_path:
                         has[(name, p)] = present_path
@@ -102,9 +88,9 @@ def main() -> None:
                             out = model.remix_offline(*inputs)[0]
                             lost[(name, p)] += float((full - out).square().sum())
 
-    print(f"\n{args.root} [{args.split}], {args.examples} examples of {args.seconds:g} s "
-          f"(seed {args.seed}): energy of the output's change when a path is cut, relative to "
-          "the model's change to the mix")
+    print(f"\n{args.root} [{args.split}], {used} of {args.examples} examples of "
+          f"{args.seconds:g} s (seed {args.seed}; those with gains to apply): energy of the "
+          "output's change when a path is cut, relative to the model's change to the mix")
     print(f"{'model':>16s} " + " ".join(f"{p:>12s}" for p in PATHS))
     for name in models:
         cells = [f"{lost[(name, p)] / max(change[name], 1e-30):12.2%}" if has[(name, p)]
