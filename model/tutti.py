@@ -193,12 +193,13 @@ class TuttiModel(PreTrainedModel):
             nn.init.zeros_(self.band_head.bias)
             self.register_buffer("band_to_bin", band_matrix(config.gain_bands, bins,
                                                             config.sample_rate))
+        for name in ("static_eq", "context_eq"):
+            if getattr(config, name) and not config.gain_bands:
+                raise ValueError(f"{name} needs gain_bands > 0")
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
             # running mean; non-causal: the whole chunk): a slowly changing EQ for the
             # long-term balance.
-            if not config.gain_bands:
-                raise ValueError("static_eq needs gain_bands > 0")
             self.eq_head = nn.Linear(c, 2 * config.gain_bands)
             nn.init.zeros_(self.eq_head.weight)
             nn.init.zeros_(self.eq_head.bias)
@@ -206,8 +207,6 @@ class TuttiModel(PreTrainedModel):
             # Band gains straight from the transformer's output, one set per bottleneck frame:
             # the path with long context sets the balance (the skip at the gain level gives the
             # head local features only, and trained models leave the bottleneck unused).
-            if not config.gain_bands:
-                raise ValueError("context_eq needs gain_bands > 0")
             self.context_head = nn.Linear(config.dim, 2 * config.gain_bands)
             nn.init.zeros_(self.context_head.weight)
             nn.init.zeros_(self.context_head.bias)
@@ -281,17 +280,18 @@ class TuttiModel(PreTrainedModel):
                 mean, new_state["eq"] = self._running_mean(x, state.get("eq"))
             else:
                 mean = x.mean(-1, keepdim=True).transpose(1, 2)
-            eq = rearrange(self.eq_head(mean), "b t (c k) -> b c t k", c=2)
-            log_gain = log_gain + eq @ self.band_to_bin
+            log_gain = log_gain + self._band_gains(self.eq_head(mean))
         if cfg.context_eq:  # each bottleneck frame's bands cover its gain frames
-            eq = rearrange(self.context_head(context.transpose(1, 2)), "b t (c k) -> b c t k",
-                           c=2)
-            eq = eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
-            log_gain = log_gain + eq @ self.band_to_bin
+            eq = self._band_gains(self.context_head(context.transpose(1, 2)))
+            log_gain = log_gain + eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
+
+    def _band_gains(self, bands: Tensor) -> Tensor:
+        """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""
+        return rearrange(bands, "b t (c k) -> b c t k", c=2) @ self.band_to_bin
 
     @staticmethod
     def _running_mean(x: Tensor, state: tuple[Tensor, int] | None
