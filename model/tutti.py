@@ -59,6 +59,7 @@ class TuttiConfig(PretrainedConfig):
         gain_bands: int = 0,
         static_eq: bool = False,
         context_eq: bool = False,
+        spectral_hidden: int = 0,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -78,6 +79,7 @@ class TuttiConfig(PretrainedConfig):
         self.gain_bands = int(gain_bands)
         self.static_eq = bool(static_eq)
         self.context_eq = bool(context_eq)
+        self.spectral_hidden = int(spectral_hidden)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -210,6 +212,16 @@ class TuttiModel(PreTrainedModel):
             self.context_head = nn.Linear(config.dim, 2 * config.gain_bands)
             nn.init.zeros_(self.context_head.weight)
             nn.init.zeros_(self.context_head.bias)
+        if config.spectral_hidden:
+            # A per-frame MLP from the full log spectrum and the head's features to per-bin
+            # log-gains: the gain head alone is linear in ``c`` features (a rank-``c`` mask).
+            h = config.spectral_hidden
+            self.spectral_in = nn.Conv1d(2 * bins + c, h, 1)
+            self.spectral_film = FiLM(cd, h)
+            self.spectral_mid = nn.Conv1d(h, h, 1)
+            self.spectral_out = nn.Conv1d(h, 2 * bins, 1)
+            nn.init.zeros_(self.spectral_out.weight)
+            nn.init.zeros_(self.spectral_out.bias)
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -260,7 +272,8 @@ class TuttiModel(PreTrainedModel):
             if i == cfg.mask_level:
                 power = torch.log1p(torch.view_as_real(spectra).square().sum(-1)
                                     * scale**2) / 5.0
-                x = x + pointwise(self.spectrum, rearrange(power, "b c t f -> b (c f) t"))
+                power = rearrange(power, "b c t f -> b (c f) t")
+                x = x + pointwise(self.spectrum, power)
             skips.append(x)
         x = pointwise(self.to_dim, x)
         for i, layer in enumerate(self.transformer):
@@ -271,7 +284,12 @@ class TuttiModel(PreTrainedModel):
             x, new_state[f"dec{i}"] = layer(x + skips.pop(), cond, state.get(f"dec{i}"))
         x, new_state["head"] = self.head_context(x + skips.pop(), state.get("head"))
         x = F.glu(self.head_film(x, cond), dim=1)
-        log_gain = rearrange(pointwise(self.head, x), "b (c f) t -> b c t f", c=2)
+        per_bin = pointwise(self.head, x)
+        if cfg.spectral_hidden:
+            h = pointwise(self.spectral_in, torch.cat([power, x], dim=1))
+            h = F.gelu(pointwise(self.spectral_mid, F.gelu(self.spectral_film(h, cond))))
+            per_bin = per_bin + pointwise(self.spectral_out, h)
+        log_gain = rearrange(per_bin, "b (c f) t -> b c t f", c=2)
         if cfg.gain_bands:
             bands = rearrange(pointwise(self.band_head, x), "b (c k) t -> b c t k", c=2)
             log_gain = log_gain + bands @ self.band_to_bin

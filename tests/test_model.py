@@ -21,8 +21,10 @@ STATIC_EQ = dict(SMALL, static_eq=True)
 """With the band EQ from time-averaged features (causal: a running mean)."""
 CONTEXT_EQ = dict(SMALL, context_eq=True)
 """With band gains from the transformer's output."""
-EQ_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ],
-                  ids=["default", "static_eq", "context_eq"])
+SPECTRAL = dict(SMALL, spectral_hidden=16)
+"""With the per-frame MLP from the log spectrum to per-bin gains."""
+EQ_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL],
+                  ids=["default", "static_eq", "context_eq", "spectral"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -36,6 +38,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.eq_head.weight, std=0.05)
     if model.config.context_eq:
         torch.nn.init.normal_(model.context_head.weight, std=0.05)
+    if model.config.spectral_hidden:
+        torch.nn.init.normal_(model.spectral_out.weight, std=0.05)
     return model
 
 
@@ -82,9 +86,10 @@ def test_eq_heads_need_bands(name: str) -> None:
         TuttiModel(TuttiConfig(**dict(SMALL, gain_bands=0, **{name: True})))
 
 
-@pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ], ids=["static_eq", "context_eq"])
-def test_eq_heads_start_as_the_identity(layout: dict) -> None:
-    """A new EQ head adds nothing: fine-tuning from a model without one starts where it was."""
+@pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ, SPECTRAL],
+                         ids=["static_eq", "context_eq", "spectral"])
+def test_new_heads_start_as_the_identity(layout: dict) -> None:
+    """A new head adds nothing: fine-tuning from a model without one starts where it was."""
     mixture, *cond = _inputs()
     torch.manual_seed(0)
     plain = TuttiModel(TuttiConfig(**SMALL)).eval()
