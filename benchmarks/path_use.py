@@ -10,7 +10,9 @@ model's whole change to the mix (0 %: the path is unused; ~100 %: the path does 
 - ``attention``: every attention layer's output held at its time average (what the model takes
   from other frames);
 - ``eq heads``: the band EQ heads that read the transformer's output (``context_eq``) or the
-  time-averaged head features (``static_eq``) switched off, where the model has them.
+  time-averaged head features (``static_eq``) switched off, where the model has them;
+- ``spectral MLP``: the per-frame MLP from the log spectrum to per-bin gains
+  (``spectral_hidden``) switched off, where the model has it.
 
 Usage: ``python benchmarks/path_use.py ROOT --split valid --model models/noncausal
 [--model models/causal] [--examples 40]``
@@ -44,8 +46,8 @@ def cut(model: TuttiModel, path: str) -> Iterator[bool]:
         for layer in model.transformer:  # attention works on (B, T, D): frames on axis 1
             handles.append(layer.attn.register_forward_hook(
                 lambda m, a, out: (out[0].mean(1, keepdim=True).expand_as(out[0]), out[1])))
-    elif path == "eq heads":
-        for name in ("context_head", "eq_head"):
+    elif path in HEADS:
+        for name in HEADS[path]:
             if hasattr(model, name):
                 for param in getattr(model, name).parameters():  # weight and bias: head off
                     saved.append((param, param.detach().clone()))
@@ -61,7 +63,9 @@ def cut(model: TuttiModel, path: str) -> Iterator[bool]:
                 weight.copy_(value)
 
 
-PATHS = ("bottleneck", "attention", "eq heads")
+HEADS = {"eq heads": ("context_head", "eq_head"), "spectral MLP": ("spectral_out",)}
+"""Paths cut by switching off their last layer (weights and bias zeroed)."""
+PATHS = ("bottleneck", "attention", *HEADS)
 
 
 def main() -> None:

@@ -128,3 +128,25 @@ def test_rfft_backward_matches_autograd(n: int) -> None:
 
     x = torch.randn(3, n, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_RFFT.apply, (x,))
+
+
+def test_capped_si_sdr_keeps_near_exact_estimates_from_swamping_the_gradient() -> None:
+    """Uncapped, an estimate 80 dB from its target pulls ~100x harder than one at 15 dB; with
+    ``max_db`` it pulls less than the 15 dB one, and the values below the cap barely move."""
+    g = torch.Generator().manual_seed(0)
+    target = _tone(440, 0.01) + 0.003 * torch.randn(1, 2, int(0.5 * SR), generator=g)
+    noise = torch.randn(target.shape, generator=g)
+    noise = noise / noise.norm() * target.norm()
+
+    def pull(snr_db: float, max_db: float | None) -> tuple[float, float]:
+        est = (target + 10 ** (-snr_db / 20) * noise).requires_grad_()
+        value = si_sdr(est, target, max_db=max_db)
+        value.sum().backward()
+        return value.item(), est.grad.norm().item()
+
+    (near, near_pull), (typical, typical_pull) = pull(80, None), pull(15, None)
+    assert near > 75 and typical == pytest.approx(15, abs=0.5)
+    assert near_pull > 100 * typical_pull
+    (near_c, near_pull_c), (typical_c, typical_pull_c) = pull(80, 30.0), pull(15, 30.0)
+    assert near_c <= 30.0 and typical_c == pytest.approx(typical, abs=0.2)
+    assert near_pull_c < typical_pull_c
