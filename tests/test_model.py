@@ -23,8 +23,8 @@ CONTEXT_EQ = dict(SMALL, context_eq=True)
 """With band gains from the transformer's output."""
 SPECTRAL = dict(SMALL, spectral_hidden=16)
 """With the per-frame MLP from the log spectrum to per-bin gains."""
-EQ_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL],
-                  ids=["default", "static_eq", "context_eq", "spectral"])
+HEAD_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL],
+                    ids=["default", "static_eq", "context_eq", "spectral"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -62,7 +62,7 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
     return mixture, gains, presence, expand(audiogram), expand(ratio), expand(makeup)
 
 
-@pytest.mark.parametrize(**EQ_LAYOUTS)
+@pytest.mark.parametrize(**HEAD_LAYOUTS)
 def test_causal_model_sees_at_most_5ms_ahead(layout: dict) -> None:
     model = _model(causal=True, layout=layout)
     assert model.config.lookahead <= LOOKAHEAD
@@ -116,7 +116,7 @@ def test_noncausal_model_uses_the_future() -> None:
     assert not torch.equal(y[..., before], y2[..., before])
 
 
-@pytest.mark.parametrize(**EQ_LAYOUTS)
+@pytest.mark.parametrize(**HEAD_LAYOUTS)
 def test_remix_streams_with_state(layout: dict) -> None:
     model = _model(causal=True, layout=layout)
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()
