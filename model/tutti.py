@@ -60,6 +60,7 @@ class TuttiConfig(PretrainedConfig):
         static_eq: bool = False,
         context_eq: bool = False,
         spectral_hidden: int = 0,
+        slot_gains: bool = False,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -80,6 +81,7 @@ class TuttiConfig(PretrainedConfig):
         self.static_eq = bool(static_eq)
         self.context_eq = bool(context_eq)
         self.spectral_hidden = int(spectral_hidden)
+        self.slot_gains = bool(slot_gains)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -134,6 +136,15 @@ def band_matrix(bands: int, bins: int, sample_rate: int) -> Tensor:
     out[idx - 1, cols] = 1 - frac
     out[idx, cols] += frac
     return torch.from_numpy(out.astype(np.float32))
+
+
+def present_slots(presence: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices ``(B, K)`` of each example's present slots (in slot order, padded with absent
+    ones; K the most present in the batch) and which of them are present ``(B, K)`` bool."""
+    present = presence > 0
+    k = max(1, int(present.sum(1).max()))
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
+    return order, present.gather(1, order)
 
 
 @dataclass
@@ -222,6 +233,13 @@ class TuttiModel(PreTrainedModel):
             self.spectral_out = nn.Conv1d(h, 2 * bins, 1)
             nn.init.zeros_(self.spectral_out.weight)
             nn.init.zeros_(self.spectral_out.bias)
+        if config.slot_gains:
+            # Per present slot, a log-weight for every ear, frame and bin (its share of the
+            # bin's power); the bin's gain is the weighted RMS of the requested slot gains, so
+            # the request enters the gain multiplicatively and 0 dB everywhere is the identity.
+            self.slot_head = nn.Conv1d(c, n * 2 * bins, 1)
+            nn.init.zeros_(self.slot_head.weight)
+            nn.init.zeros_(self.slot_head.bias)
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -246,12 +264,15 @@ class TuttiModel(PreTrainedModel):
         presence: Tensor,
         listener: Listener,
         state: dict | None = None,
+        internals: dict | None = None,
     ) -> tuple[Tensor, dict]:
         """Rebalanced remix before the hearing aid ``(B, 2, T)``, ``delay`` samples late
         (its first ``delay`` samples precede the input); T a multiple of ``block``.
 
         ``state`` carries a stream (None: start of the signal); the non-causal model also returns
         one, but only the causal model's streamed output equals one pass over the whole signal.
+        ``internals``, if given, receives ``slot_log_weights`` (``slot_gains`` models; see
+        :meth:`slot_log_gain`) for training losses.
         """
         cfg = self.config
         presence = presence.to(mixture.dtype)
@@ -302,10 +323,34 @@ class TuttiModel(PreTrainedModel):
         if cfg.context_eq:  # each bottleneck frame's bands cover its gain frames
             eq = self._band_gains(self.context_head(context.transpose(1, 2)))
             log_gain = log_gain + eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
+        if cfg.slot_gains:
+            slot_log_gain, log_weights = self.slot_log_gain(x, gains_db, presence)
+            log_gain = log_gain + slot_log_gain
+            if internals is not None:
+                internals["slot_log_weights"] = log_weights
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
+
+    def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """Log-gain ``(B, 2, frames, bins)`` from the head's features ``x (B, c, frames)``: half
+        the log of ``sum_k w_k * a_k**2`` over the present slots ``k`` (:func:`present_slots`),
+        ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also the
+        log-weights ``(B, K, 2, frames, bins)`` (``-inf`` where a padded slot is absent)."""
+        index, valid = present_slots(presence)
+        valid = valid.clone()
+        valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
+        bins = self.filterbank.bins
+        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * bins, -1)
+        bias = self.slot_head.bias.view(len(self.config.slots), 2 * bins)
+        logits = torch.einsum("bkoc,bct->bkot", weight[index], x) + bias[index][..., None]
+        logits = logits.masked_fill(~valid[:, :, None, None], float("-inf"))
+        log_w = rearrange(torch.log_softmax(logits, dim=1), "b k (c f) t -> b k c t f", c=2)
+        log_a2 = (gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)
+        log_gain = 0.5 * torch.logsumexp(log_w + log_a2[:, :, None, None, None], dim=1)
+        return log_gain, log_w
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""
@@ -328,23 +373,35 @@ class TuttiModel(PreTrainedModel):
         return torch.exp(4.0 * torch.tanh(log_gain / 4.0))
 
     def remix_aligned(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
-                      listener: Listener, state: dict | None = None) -> tuple[Tensor, dict]:
+                      listener: Listener, state: dict | None = None,
+                      internals: dict | None = None) -> tuple[Tensor, dict]:
         """:meth:`remix` of the next chunk of a stream, with the stream's first ``delay`` output
         samples (those before its input began) dropped: the concatenated outputs line up with
         the input, ``delay`` samples behind it until ``delay`` more input (e.g. zeros) drains it.
         """
         skip = self.config.delay if state is None else state["skip"]
-        out, state = self.remix(mixture, gains_db, presence, listener, state)
+        out, state = self.remix(mixture, gains_db, presence, listener, state, internals)
         state["skip"] = max(0, skip - out.shape[-1])
         return out[..., skip:], state
 
     def remix_offline(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
-                      listener: Listener) -> Tensor:
+                      listener: Listener, internals: dict | None = None) -> Tensor:
         """Remix of a whole signal ``(B, 2, T)`` (any T), aligned with its input."""
         length = mixture.shape[-1]
-        pad = (-length) % self.config.block + self.config.block
-        out, _ = self.remix_aligned(F.pad(mixture, (0, pad)), gains_db, presence, listener)
+        out, _ = self.remix_aligned(self._pad_offline(mixture), gains_db, presence, listener,
+                                    internals=internals)
         return out[..., :length]
+
+    def _pad_offline(self, signal: Tensor) -> Tensor:
+        """``signal (..., T)`` padded at the end as :meth:`remix_offline` pads its input."""
+        pad = (-signal.shape[-1]) % self.config.block + self.config.block
+        return F.pad(signal, (0, pad))
+
+    def frame_power(self, signal: Tensor) -> Tensor:
+        """Power spectrum ``(..., 2, frames, bins)`` of ``signal (..., 2, T)`` on the frames and
+        bins of :meth:`remix_offline`'s gains (e.g. a stem's share of each gain bin)."""
+        spectra, _ = self.filterbank.analyse(self._pad_offline(signal), None)
+        return torch.view_as_real(spectra).square().sum(-1)
 
     def forward(
         self,
@@ -355,15 +412,16 @@ class TuttiModel(PreTrainedModel):
         ratio: Tensor,
         makeup_db: Tensor,
         hearing_aid: bool = True,
+        internals: dict | None = None,
     ) -> Tensor:
         """Hearing-aid signal ``(B, 2, T)`` (or the remix before it with ``hearing_aid=False``).
 
         ``mixture (B, 2, T)`` at 44.1 kHz (any T: padded to a block internally), ``gains_db``
         and ``presence (B, 12)`` over :data:`model.cad2.SLOTS`, ``audiogram (B, 2, 8)`` dB HL,
-        ``ratio``/``makeup_db (B, 2, 6)``.
+        ``ratio``/``makeup_db (B, 2, 6)``; ``internals`` as in :meth:`remix`.
         """
         remix = self.remix_offline(mixture, gains_db, presence,
-                                   Listener(audiogram, ratio, makeup_db))
+                                   Listener(audiogram, ratio, makeup_db), internals)
         if not hearing_aid:
             return remix
         return self.hearing_aid(remix, ratio, makeup_db)

@@ -15,6 +15,7 @@ from training.losses import (
     long_term_band_db,
     long_term_spectrum_loss,
     si_sdr,
+    slot_weight_loss,
 )
 
 SR = 44100
@@ -89,6 +90,29 @@ def test_remix_loss_terms() -> None:
     assert same["total"].item() < -5  # the SI-SDR term rewards a perfect estimate
     worse = loss(_tone(440, 0.1), target)  # one instrument missing
     assert worse["total"].item() > 0.1 and worse["compressed"].item() > 0.05
+
+
+def test_slot_weight_loss_is_zero_at_the_true_shares() -> None:
+    """KL from the stems' power shares: zero at them, positive elsewhere, loud bins weigh more,
+    and padded (absent, -inf) slots give finite values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    power = torch.rand(2, 3, 2, 5, 7, generator=g)
+    power[1, 2] = 0.0  # example 1 has two slots, the third is padding
+    shares = power / power.sum(1, keepdim=True)
+    exact = shares.log()
+    assert slot_weight_loss(exact, power).abs() < 1e-6
+    logits = torch.zeros(2, 3, 2, 5, 7, requires_grad=True)
+    uniform = torch.log_softmax(logits.masked_fill(power == 0, float("-inf")), dim=1)
+    loss = slot_weight_loss(uniform, power)
+    loss.backward()
+    assert loss > 0.01 and torch.isfinite(logits.grad).all()
+    # Wrong in a loud bin costs more than wrong in a quiet one.
+    one = torch.zeros(1, 2, 1, 2, 1)
+    one[0, 0, 0, 0] = 1.0   # loud bin: slot 0 alone
+    one[0, 1, 0, 1] = 1e-4  # quiet bin: slot 1 alone
+    wrong_loud = torch.log(torch.tensor([0.5, 0.5, 0.0, 1.0]).view(2, 1, 2, 1))[None]
+    wrong_quiet = torch.log(torch.tensor([1.0, 0.5, 0.0, 0.5]).view(2, 1, 2, 1))[None]
+    assert slot_weight_loss(wrong_loud, one) > 10 * slot_weight_loss(wrong_quiet, one)
 
 
 def test_si_sdr_is_scale_invariant() -> None:

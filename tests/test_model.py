@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from model.apply import Request, load_model, remix
 from model.cad2 import SLOTS
-from model.tutti import Listener, TuttiConfig, TuttiModel
+from model.tutti import Listener, TuttiConfig, TuttiModel, present_slots
 
 SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
              window=8, cond_dim=32, gain_bands=4)
@@ -23,8 +24,10 @@ CONTEXT_EQ = dict(SMALL, context_eq=True)
 """With band gains from the transformer's output."""
 SPECTRAL = dict(SMALL, spectral_hidden=16)
 """With the per-frame MLP from the log spectrum to per-bin gains."""
-HEAD_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL],
-                    ids=["default", "static_eq", "context_eq", "spectral"])
+SLOT = dict(SMALL, slot_gains=True)
+"""With the gain as the weighted RMS of the requested slot gains."""
+HEAD_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT],
+                    ids=["default", "static_eq", "context_eq", "spectral", "slot_gains"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -40,6 +43,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.context_head.weight, std=0.05)
     if model.config.spectral_hidden:
         torch.nn.init.normal_(model.spectral_out.weight, std=0.05)
+    if model.config.slot_gains:
+        torch.nn.init.normal_(model.slot_head.weight, std=0.5)
     return model
 
 
@@ -100,6 +105,46 @@ def test_new_heads_start_as_the_identity(layout: dict) -> None:
     with torch.no_grad():
         assert torch.equal(plain(mixture, *cond, hearing_aid=False),
                            with_eq(mixture, *cond, hearing_aid=False))
+
+
+def test_present_slots_pads_with_absent_ones() -> None:
+    presence = torch.zeros(3, len(SLOTS))
+    presence[0, [2, 5, 9]] = 1
+    presence[1, [0, 11]] = 1
+    index, valid = present_slots(presence)
+    assert index.tolist()[:2] == [[2, 5, 9], [0, 11, index[1, 2].item()]]
+    assert valid.tolist() == [[True] * 3, [True, True, False], [False] * 3]
+    assert not presence[1, index[1, 2]]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_slot_gains_follow_the_request(causal: bool) -> None:
+    """The slot head's gain is the weighted RMS of the requested gains: 0 dB everywhere is the
+    identity whatever the weights; a slot that holds a bin gets its own gain there; raising a
+    slot's gain never lowers a bin's gain; and nothing present is 0 dB too."""
+    model = _model(causal, SLOT)
+    for head in (model.head, model.band_head):  # the slot head alone
+        torch.nn.init.zeros_(head.weight)
+    mixture, gains, presence, *rest = _inputs()
+    with torch.no_grad():
+        flat = model(mixture, torch.zeros_like(gains), presence, *rest, hearing_aid=False)
+        assert torch.allclose(flat, mixture, atol=1e-7)
+        x = torch.randn(1, model.config.channels[1], 20)
+        empty, _ = model.slot_log_gain(x, gains, torch.zeros_like(presence))
+        assert torch.equal(empty, torch.zeros_like(empty))
+        base, log_w = model.slot_log_gain(x, gains, presence)
+        assert log_w.shape == (1, 3, 2, 20, model.filterbank.bins)
+        assert torch.allclose(log_w.exp().sum(1), torch.ones(()), atol=1e-5)
+        for slot in ("Violin_1", "Viola_1", "Cello"):
+            louder = gains.clone()
+            louder[0, SLOTS.index(slot)] += 6.0
+            raised, _ = model.slot_log_gain(x, louder, presence)
+            assert (raised >= base - 1e-6).all() and (raised > base + 1e-3).any()
+        # All weight on the cello: its -3 dB everywhere.
+        bins = 2 * model.filterbank.bins
+        model.slot_head.bias.view(len(SLOTS), bins)[SLOTS.index("Cello")] = 30.0
+        cello, _ = model.slot_log_gain(x, gains, presence)
+    assert torch.allclose(cello, torch.full_like(cello, -3 * math.log(10) / 20), atol=1e-4)
 
 
 def test_noncausal_model_uses_the_future() -> None:

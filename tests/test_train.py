@@ -76,7 +76,8 @@ def test_dataset_examples(cad2_root: Path) -> None:
     from model.hearing_aid import HearingAid
     from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
 
-    config = ExampleConfig(seconds=0.5, hearing_aid_target=True, p_zero_gains=0.0)
+    config = ExampleConfig(seconds=0.5, hearing_aid_target=True, p_zero_gains=0.0,
+                           slot_stems=True)
     examples = fixed_examples(RebalanceDataset([cad2_root], "valid", config), 6, seed=1)
     again = fixed_examples(RebalanceDataset([cad2_root], "valid", config), 6, seed=1)
     for ex, ex2 in zip(examples, again, strict=True):
@@ -88,6 +89,11 @@ def test_dataset_examples(cad2_root: Path) -> None:
         ha = HearingAid()(ex["target"][None], ex["ratio"][None], ex["makeup_db"][None])[0]
         assert torch.allclose(ex["target_hearing_aid"], ha)
         assert np.isfinite(ex["mixture"].numpy()).all()
+        # Each present slot's stem, and nothing where a slot is absent; they sum to the mixture.
+        assert ex["stems"].shape == (len(SLOTS), 2, 22050)
+        heard = ex["stems"].abs().amax(dim=(1, 2)) > 0
+        assert bool((heard <= (ex["presence"] > 0)).all()) and heard.sum() >= 2
+        assert torch.allclose(ex["stems"].sum(0), ex["mixture"], atol=1e-6)
 
 
 def test_init_from_another_layout() -> None:
@@ -123,6 +129,24 @@ def test_train_only_the_named_parameters(cad2_root: Path, tmp_path: Path) -> Non
     assert any(k.startswith("context_head") for k in moved)
     with pytest.raises(ValueError, match=r"no parameter of this model starts with \['decoder9'\]"):
         trainable_parameters(build_model(load_config(CONF)), ["transformer", "decoder9"])
+
+
+def test_slot_gain_head_fine_tune(cad2_root: Path, tmp_path: Path) -> None:
+    """A slot-gain head fine-tuned on its KL term from a plain model: ``init_skip`` keeps the
+    old per-bin head at its (zero) init, and the new term is logged."""
+    from safetensors.torch import load_file
+
+    first, tuned = _fine_tune(cad2_root, tmp_path, 2, "model.slot_gains=true",
+                              "loss.w_slot_weights=1.0", "train.init_skip=[head.]",
+                              "train.trainable=[slot_head]", "optim.lr=0.01")
+    start = load_file(str(first / "best" / "model.safetensors"))
+    end = load_file(str(tuned / "checkpoint" / "model.safetensors"))
+    assert start["head.weight"].abs().max() > 0 and not end["head.weight"].any()
+    assert end["slot_head.weight"].abs().max() > 0
+    assert all(torch.equal(start[k], end[k]) for k in start if not k.startswith("head."))
+    with (tuned / "log.csv").open() as fh:
+        kl = [float(r["slot_weights"]) for r in csv.DictReader(fh) if r["total"]]
+    assert kl and all(0 < v < 3 for v in kl)
 
 
 def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> None:

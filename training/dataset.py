@@ -43,6 +43,8 @@ class ExampleConfig:
     p_swap_channels: float = 0.5
     hearing_aid_target: bool = False
     """Also yield ``target_hearing_aid``: the target through the listener's hearing aid."""
+    slot_stems: bool = False
+    """Also yield ``stems (12, 2, T)``: each slot's scaled stem (zeros where absent)."""
     balance_slots: float = 0.0
     """Draw a music item with probability proportional to the mean over its slots of
     ``count(slot) ** -balance_slots`` (counts of items per slot in the split): 0 draws items
@@ -82,8 +84,9 @@ class RebalanceDataset(IterableDataset):
     """Infinite stream of example dicts (tensors, float32).
 
     Keys: ``mixture (2, T)``, ``gains_db (12,)``, ``presence (12,)``, ``audiogram (2, 8)`` dB HL,
-    ``ratio (2, 6)``, ``makeup_db (2, 6)``, ``target (2, T)`` (remix before the hearing aid) and,
-    with ``hearing_aid_target``, ``target_hearing_aid (2, T)`` (the CAD2 reference signal).
+    ``ratio (2, 6)``, ``makeup_db (2, 6)``, ``target (2, T)`` (remix before the hearing aid),
+    with ``hearing_aid_target``, ``target_hearing_aid (2, T)`` (the CAD2 reference signal) and,
+    with ``slot_stems``, ``stems (12, 2, T)``.
     """
 
     def __init__(self, roots: list[str | Path], split: str, config: ExampleConfig | None = None,
@@ -190,6 +193,11 @@ class RebalanceDataset(IterableDataset):
             "makeup_db": torch.from_numpy(makeup).float(),
             "target": torch.from_numpy(target),
         }
+        if cfg.slot_stems:
+            by_slot = np.zeros((len(SLOTS), *stems.shape[1:]), dtype=np.float32)
+            for k, stem in zip(source_ids, stems, strict=True):
+                by_slot[SLOTS.index(slots[k])] = stem
+            out["stems"] = torch.from_numpy(by_slot)
         if cfg.hearing_aid_target:
             with torch.no_grad():
                 out["target_hearing_aid"] = _HEARING_AID(

@@ -71,6 +71,22 @@ def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor,
                             range_db) / 10.0
 
 
+def slot_weight_loss(log_weights: Tensor, stem_power: Tensor) -> Tensor:
+    """KL divergence from each slot's true share of a gain bin's power to the model's weights,
+    averaged over bins weighted by their magnitude (silent bins count for nothing).
+
+    ``log_weights (B, K, 2, frames, bins)``: the model's log-weights over its present slots
+    (``-inf`` for padding); ``stem_power (B, K, 2, frames, bins)``: each slot's stem power on the
+    same frames and bins (zero for padding). Scalar, in nats.
+    """
+    total = stem_power.sum(1, keepdim=True)
+    share = stem_power / total.clamp(min=1e-20)
+    kl = (share * (torch.log(share.clamp(min=1e-12)) - log_weights.clamp(min=-30.0))).sum(1)
+    weight = total[:, 0].sqrt()
+    per_example = (weight * kl).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1e-20)
+    return per_example.mean()
+
+
 class _RFFT(torch.autograd.Function):
     """``torch.fft.rfft`` along the last dim with a half-size backward: torch's own backward
     zero-pads the gradient to a full complex FFT; the same gradient is an ``irfft`` of it with the
@@ -128,7 +144,9 @@ class RemixLoss(nn.Module):
     hears them. ``w_compressed`` adds :func:`compressed_spectrum_loss`; ``w_sisdr`` adds the
     negative SI-SDR (dB / 10, soft-limited to ``sisdr_max_db``: :func:`si_sdr`);
     ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10) on
-    ``long_term_bands`` ERB bands. ``w_log_mag`` weights auraloss's log-magnitude term against
+    ``long_term_bands`` ERB bands; ``w_slot_weights`` adds :func:`slot_weight_loss` (the
+    ``slot_gains`` head's weights against the stems' shares, passed to :meth:`forward`).
+    ``w_log_mag`` weights auraloss's log-magnitude term against
     its spectral convergence: measured, a model trained with full log-magnitude weight spends
     itself on matching near-silent bins (its loss falls 25 % below the unbalanced mix's while
     its SI-SDR improvement stays at 0 dB, on training and validation examples alike).
@@ -139,7 +157,8 @@ class RemixLoss(nn.Module):
                  w_hearing_aid: float = 0.0, w_compressed: float = 0.0,
                  w_sisdr: float = 0.0, sisdr_max_db: float | None = None,
                  w_log_mag: float = 1.0, w_long_term: float = 0.0,
-                 long_term_bands: int = 32, sample_rate: int = 44100, eps: float = 1e-5) -> None:
+                 long_term_bands: int = 32, w_slot_weights: float = 0.0,
+                 sample_rate: int = 44100, eps: float = 1e-5) -> None:
         super().__init__()
         self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths,
                                                             w_log_mag=w_log_mag, eps=eps)
@@ -152,11 +171,14 @@ class RemixLoss(nn.Module):
         self.w_compressed, self.w_sisdr = w_compressed, w_sisdr
         self.sisdr_max_db = sisdr_max_db
         self.w_long_term = w_long_term
+        self.w_slot_weights = w_slot_weights
         self.register_buffer("bands", erb_band_matrix(4096, sample_rate, long_term_bands),
                              persistent=False)
 
-    def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None) -> dict[str, Tensor]:
-        """Loss terms and their weighted ``total`` (scalars)."""
+    def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None,
+                slot_weights: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Loss terms and their weighted ``total`` (scalars); ``slot_weights``: the
+        arguments of :func:`slot_weight_loss` (its term is skipped without them)."""
         terms = {
             "mrstft": self.mrstft(estimate, target),
             "sum_diff": self.sum_diff(estimate, target),
@@ -176,6 +198,9 @@ class RemixLoss(nn.Module):
         if self.w_hearing_aid > 0 and hearing_aid is not None:
             terms["hearing_aid"] = self.mrstft(hearing_aid(estimate), hearing_aid(target))
             total = total + self.w_hearing_aid * terms["hearing_aid"]
+        if self.w_slot_weights > 0 and slot_weights is not None:
+            terms["slot_weights"] = slot_weight_loss(*slot_weights)
+            total = total + self.w_slot_weights * terms["slot_weights"]
         terms["total"] = total
         return terms
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from model.cad2 import scenes_file
-from model.tutti import TuttiConfig, TuttiModel
+from model.tutti import TuttiConfig, TuttiModel, present_slots
 from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
 from training.losses import RemixLoss, si_sdr
 
@@ -75,7 +75,22 @@ def trainable_parameters(model: TuttiModel, prefixes: list[str] | None) -> list[
 def example_config(cfg: DictConfig) -> ExampleConfig:
     """The dataset's example settings from the config's ``data`` section."""
     fields = ExampleConfig.__dataclass_fields__
-    return ExampleConfig(**{k: v for k, v in cfg.data.items() if k in fields})
+    chosen = {k: v for k, v in cfg.data.items() if k in fields}
+    chosen["slot_stems"] = float(cfg.loss.get("w_slot_weights", 0.0)) > 0
+    return ExampleConfig(**chosen)
+
+
+def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
+                        internals: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``slot_gains`` head's log-weights and the batch's stem powers on the same present
+    slots, frames and bins (:func:`training.losses.slot_weight_loss`); None without them."""
+    if "slot_log_weights" not in internals or "stems" not in batch:
+        return None
+    index, _ = present_slots(batch["presence"])
+    stems = batch["stems"][torch.arange(index.shape[0])[:, None], index]  # (B, K, 2, T)
+    with torch.no_grad():
+        power = model.frame_power(stems)
+    return internals["slot_log_weights"], power
 
 
 def lr_at(step: int, cfg: DictConfig) -> float:
@@ -267,8 +282,10 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         state.update(load_checkpoint(ckpt, model, optimizer))
     elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
         init = Path(os.path.expanduser(str(cfg.train.init_from)))
-        model.load_state_dict(transferable(model, load_file(str(init / "model.safetensors")),
-                                           init), strict=False)
+        weights = load_file(str(init / "model.safetensors"))
+        skip = tuple(cfg.train.get("init_skip") or ())
+        weights = {k: v for k, v in weights.items() if not (skip and k.startswith(skip))}
+        model.load_state_dict(transferable(model, weights, init), strict=False)
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
@@ -284,7 +301,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     if rank == 0 and int(cfg.train.valid_examples) > 0:
         # validation draws items uniformly, whatever the training balance
         valid_set = RebalanceDataset(roots, cfg.data.valid_split,
-                                     dataclasses.replace(ex_cfg, balance_slots=0.0), seed=12345,
+                                     dataclasses.replace(ex_cfg, balance_slots=0.0,
+                                                         slot_stems=False), seed=12345,
                                      pcm_cache=cache)
         valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
 
@@ -308,13 +326,14 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         b = {k: v.to(device) for k, v in batch.items()}
+        internals: dict = {}
         est = net(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
-                  b["makeup_db"], hearing_aid=False)
+                  b["makeup_db"], hearing_aid=False, internals=internals)
 
         def hearing_aid(signal, b=b):
             return model.hearing_aid(signal, b["ratio"], b["makeup_db"])
 
-        terms = loss_fn(est, b["target"], hearing_aid)
+        terms = loss_fn(est, b["target"], hearing_aid, slot_weight_targets(model, b, internals))
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -350,7 +369,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
 
 LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "neg_sisdr",
-              "compressed", "hearing_aid", "long_term",
+              "compressed", "hearing_aid", "long_term", "slot_weights",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
               "valid_haaqi")
 
