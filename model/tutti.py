@@ -324,7 +324,8 @@ class TuttiModel(PreTrainedModel):
             eq = self._band_gains(self.context_head(context.transpose(1, 2)))
             log_gain = log_gain + eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
         if cfg.slot_gains:
-            slot_log_gain, log_weights = self.slot_log_gain(x, gains_db, presence)
+            slot_log_gain, log_weights = self.slot_log_gain(x, gains_db, presence,
+                                                            internals is not None)
             log_gain = log_gain + slot_log_gain
             if internals is not None:
                 internals["slot_log_weights"] = log_weights
@@ -333,23 +334,28 @@ class TuttiModel(PreTrainedModel):
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
-    def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor
-                      ) -> tuple[Tensor, Tensor]:
+    def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
+                      with_weights: bool = True) -> tuple[Tensor, Tensor | None]:
         """Log-gain ``(B, 2, frames, bins)`` from the head's features ``x (B, c, frames)``: half
         the log of ``sum_k w_k * a_k**2`` over the present slots ``k`` (:func:`present_slots`),
-        ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also the
-        log-weights ``(B, K, 2, frames, bins)`` (``-inf`` where a padded slot is absent)."""
+        ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also (with
+        ``with_weights``) the log-weights ``(B, K, 2, frames, bins)``, ``-inf`` where a padded
+        slot is absent."""
         index, valid = present_slots(presence)
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
         bins = self.filterbank.bins
         weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * bins, -1)
-        bias = self.slot_head.bias.view(len(self.config.slots), 2 * bins)
-        logits = torch.einsum("bkoc,bct->bkot", weight[index], x) + bias[index][..., None]
-        logits = logits.masked_fill(~valid[:, :, None, None], float("-inf"))
-        log_w = rearrange(torch.log_softmax(logits, dim=1), "b k (c f) t -> b k c t f", c=2)
+        bias = self.slot_head.bias.view(len(self.config.slots), 2 * bins)[index]
+        bias = bias.masked_fill(~valid[..., None], float("-inf"))
+        logits = torch.einsum("bkoc,bct->bkto", weight[index], x) + bias[:, :, None]
         log_a2 = (gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)
-        log_gain = 0.5 * torch.logsumexp(log_w + log_a2[:, :, None, None, None], dim=1)
+        total = torch.logsumexp(logits, dim=1)
+        log_gain = 0.5 * (torch.logsumexp(logits + log_a2[:, :, None, None], dim=1) - total)
+        log_gain = rearrange(log_gain, "b t (c f) -> b c t f", c=2)
+        if not with_weights:
+            return log_gain, None
+        log_w = rearrange(logits - total[:, None], "b k t (c f) -> b k c t f", c=2)
         return log_gain, log_w
 
     def _band_gains(self, bands: Tensor) -> Tensor:
