@@ -345,18 +345,28 @@ class TuttiModel(PreTrainedModel):
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
         bins = self.filterbank.bins
-        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * bins, -1)
+        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * bins, -1)[index]
         bias = self.slot_head.bias.view(len(self.config.slots), 2 * bins)[index]
-        bias = bias.masked_fill(~valid[..., None], float("-inf"))
-        logits = torch.einsum("bkoc,bct->bkto", weight[index], x) + bias[:, :, None]
-        log_a2 = (gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)
-        total = torch.logsumexp(logits, dim=1)
-        log_gain = 0.5 * (torch.logsumexp(logits + log_a2[:, :, None, None], dim=1) - total)
-        log_gain = rearrange(log_gain, "b t (c f) -> b c t f", c=2)
-        if not with_weights:
-            return log_gain, None
-        log_w = rearrange(logits - total[:, None], "b k t (c f) -> b k c t f", c=2)
-        return log_gain, log_w
+        bias = bias.masked_fill(~valid[..., None], float("-inf"))[:, :, None]
+        power = ((gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)).exp()
+
+        def frames(part: Tensor) -> tuple[Tensor, Tensor]:
+            """(log-gain (B, t, 2 bins), log-weights (B, K, t, 2 bins)) of some frames."""
+            logits = torch.einsum("bkoc,bct->bkto", weight, part) + bias
+            logits = logits - logits.amax(1, keepdim=True)
+            e = logits.exp()
+            total = e.sum(1)
+            log_gain = 0.5 * (torch.einsum("bkto,bk->bto", e, power).log() - total.log())
+            return log_gain, logits - total.log()[:, None]
+
+        if with_weights:
+            log_gain, log_w = frames(x)
+            log_w = rearrange(log_w, "b k t (c f) -> b k c t f", c=2)
+        else:  # inference: a few frames at a time (the (B, K, frames, 2 bins) tensors are big)
+            log_gain = torch.cat([frames(x[..., i : i + 128])[0]
+                                  for i in range(0, x.shape[-1], 128)], dim=1)
+            log_w = None
+        return rearrange(log_gain, "b t (c f) -> b c t f", c=2), log_w
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""
