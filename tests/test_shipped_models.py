@@ -85,11 +85,6 @@ def test_zero_gains_give_the_noop_signal(shipped, stems) -> None:
     assert snr >= 25.0, snr
 
 
-# The shipped models do not rebalance yet (README, "Status of the shipped models"; the model
-# issue stays open): this test runs and reports, and must pass for every slot before that
-# issue can close.
-@pytest.mark.xfail(reason="shipped models are not trained enough to rebalance yet",
-                   strict=False)
 @pytest.mark.parametrize("slot", SLOTS)
 def test_raising_a_slot_raises_its_share(shipped, stems, slot: str) -> None:
     members = _ensemble(slot)
@@ -101,4 +96,8 @@ def test_raising_a_slot_raises_its_share(shipped, stems, slot: str) -> None:
     # The slot's coefficient relative to the others' must grow (the oracle doubles it).
     rel_before = before[members.index(slot)] / np.delete(before, members.index(slot)).mean()
     rel_after = after[members.index(slot)] / np.delete(after, members.index(slot)).mean()
+    if rel_after <= 1.05 * rel_before and shipped.config.causal:
+        # The causal model does not pass every slot yet (README, "Status of the shipped
+        # models"; the model issue stays open until it does): reported, not failed.
+        pytest.xfail(f"causal model: {slot} share x{rel_after / rel_before:.3f}")
     assert rel_after > 1.05 * rel_before, (members, before, after)
