@@ -81,13 +81,14 @@ def example_config(cfg: DictConfig) -> ExampleConfig:
 
 
 def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
-                        internals: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+                        internals: dict | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The ``slot_gains`` head's log-weights and the batch's stem powers on the same present
     slots, frames and bins (:func:`training.losses.slot_weight_loss`); None without them."""
-    if "slot_log_weights" not in internals or "stems" not in batch:
+    if internals is None or "slot_log_weights" not in internals or "stems" not in batch:
         return None
     index, _ = present_slots(batch["presence"])
-    stems = batch["stems"][torch.arange(index.shape[0])[:, None], index]  # (B, K, 2, T)
+    rows = torch.arange(index.shape[0], device=index.device)[:, None]
+    stems = batch["stems"][rows, index]  # (B, K, 2, T)
     with torch.no_grad():
         power = model.frame_power(stems)
     return internals["slot_log_weights"], power
@@ -326,7 +327,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         b = {k: v.to(device) for k, v in batch.items()}
-        internals: dict = {}
+        internals: dict | None = {} if loss_fn.w_slot_weights > 0 else None
         est = net(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                   b["makeup_db"], hearing_aid=False, internals=internals)
 
