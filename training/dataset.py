@@ -176,10 +176,9 @@ class RebalanceDataset(IterableDataset):
 
         slot_gains = torch.zeros(len(SLOTS))
         presence = torch.zeros(len(SLOTS))
-        for k, g in zip(source_ids, gains, strict=True):
-            idx = SLOTS.index(slots[k])
-            slot_gains[idx] = float(g)
-            presence[idx] = 1.0
+        slot_index = [SLOTS.index(slots[k]) for k in source_ids]
+        slot_gains[slot_index] = torch.from_numpy(gains).float()
+        presence[slot_index] = 1.0
 
         lsplit, listener_id = self.listeners[rng.integers(len(self.listeners))]
         listener = lsplit.listeners[listener_id]
@@ -195,8 +194,7 @@ class RebalanceDataset(IterableDataset):
         }
         if cfg.slot_stems:
             by_slot = np.zeros((len(SLOTS), *stems.shape[1:]), dtype=np.float32)
-            for k, stem in zip(source_ids, stems, strict=True):
-                by_slot[SLOTS.index(slots[k])] = stem
+            by_slot[slot_index] = stems
             out["stems"] = torch.from_numpy(by_slot)
         if cfg.hearing_aid_target:
             with torch.no_grad():
