@@ -61,6 +61,7 @@ class TuttiConfig(PretrainedConfig):
         context_eq: bool = False,
         spectral_hidden: int = 0,
         slot_gains: bool = False,
+        slot_bands: int = 0,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -82,6 +83,7 @@ class TuttiConfig(PretrainedConfig):
         self.context_eq = bool(context_eq)
         self.spectral_hidden = int(spectral_hidden)
         self.slot_gains = bool(slot_gains)
+        self.slot_bands = int(slot_bands)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -237,9 +239,15 @@ class TuttiModel(PreTrainedModel):
             # Per present slot, a log-weight for every ear, frame and bin (its share of the
             # bin's power); the bin's gain is the weighted RMS of the requested slot gains, so
             # the request enters the gain multiplicatively and 0 dB everywhere is the identity.
-            self.slot_head = nn.Conv1d(c, n * 2 * bins, 1)
+            # With ``slot_bands`` the weights are per log-spaced band and the log-gain is spread
+            # to the bins like the band head's (several times cheaper at the causal hop of 64).
+            width = config.slot_bands or bins
+            self.slot_head = nn.Conv1d(c, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
+            if config.slot_bands:
+                self.register_buffer("slot_band_to_bin", band_matrix(config.slot_bands, bins,
+                                                                     config.sample_rate))
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
@@ -339,14 +347,15 @@ class TuttiModel(PreTrainedModel):
         """Log-gain ``(B, 2, frames, bins)`` from the head's features ``x (B, c, frames)``: half
         the log of ``sum_k w_k * a_k**2`` over the present slots ``k`` (:func:`present_slots`),
         ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also (with
-        ``with_weights``) the log-weights ``(B, K, 2, frames, bins)``, ``-inf`` where a padded
-        slot is absent."""
+        ``with_weights``) the log-weights ``(B, K, 2, frames, width)``, ``-inf`` where a padded
+        slot is absent. ``width`` is ``slot_bands`` (the log-gain then spread to the bins) or
+        ``bins``."""
         index, valid = present_slots(presence)
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
-        bins = self.filterbank.bins
-        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * bins, -1)[index]
-        bias = self.slot_head.bias.view(len(self.config.slots), 2 * bins)[index]
+        width = self.config.slot_bands or self.filterbank.bins
+        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * width, -1)[index]
+        bias = self.slot_head.bias.view(len(self.config.slots), 2 * width)[index]
         bias = bias.masked_fill(~valid[..., None], float("-inf"))[:, :, None]
         power = ((gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)).exp()
 
@@ -376,7 +385,10 @@ class TuttiModel(PreTrainedModel):
             log_gain = torch.cat([frames(x[..., i : i + 128], False)[0]
                                   for i in range(0, x.shape[-1], 128)], dim=1)
             log_w = None
-        return rearrange(log_gain, "b t (c f) -> b c t f", c=2), log_w
+        log_gain = rearrange(log_gain, "b t (c f) -> b c t f", c=2)
+        if self.config.slot_bands:
+            log_gain = log_gain @ self.slot_band_to_bin
+        return log_gain, log_w
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""
@@ -423,11 +435,15 @@ class TuttiModel(PreTrainedModel):
         pad = (-signal.shape[-1]) % self.config.block + self.config.block
         return F.pad(signal, (0, pad))
 
-    def frame_power(self, signal: Tensor) -> Tensor:
-        """Power spectrum ``(..., 2, frames, bins)`` of ``signal (..., 2, T)`` on the frames and
-        bins of :meth:`remix_offline`'s gains (e.g. a stem's share of each gain bin)."""
+    def slot_power(self, signal: Tensor) -> Tensor:
+        """Power spectrum ``(..., 2, frames, width)`` of ``signal (..., 2, T)`` on the frames of
+        :meth:`remix_offline`'s gains and the slot head's bins or ``slot_bands`` (e.g. a stem's
+        share of each; a bin's power goes to its bands with its interpolation weights)."""
         spectra, _ = self.filterbank.analyse(self._pad_offline(signal), None)
-        return torch.view_as_real(spectra).square().sum(-1)
+        power = torch.view_as_real(spectra).square().sum(-1)
+        if self.config.slot_bands:
+            power = power @ self.slot_band_to_bin.T
+        return power
 
     def forward(
         self,

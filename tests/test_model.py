@@ -26,8 +26,12 @@ SPECTRAL = dict(SMALL, spectral_hidden=16)
 """With the per-frame MLP from the log spectrum to per-bin gains."""
 SLOT = dict(SMALL, slot_gains=True)
 """With the gain as the weighted RMS of the requested slot gains."""
-HEAD_LAYOUTS = dict(argnames="layout", argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT],
-                    ids=["default", "static_eq", "context_eq", "spectral", "slot_gains"])
+SLOT_BANDS = dict(SLOT, slot_bands=16)
+"""With the slot weights per band, spread to the bins."""
+HEAD_LAYOUTS = dict(argnames="layout",
+                    argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS],
+                    ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
+                         "slot_bands"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -117,12 +121,14 @@ def test_present_slots_pads_with_absent_ones() -> None:
     assert not presence[1, index[1, 2]]
 
 
+@pytest.mark.parametrize("layout", [SLOT, SLOT_BANDS], ids=["per_bin", "bands"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_slot_gains_follow_the_request(causal: bool) -> None:
+def test_slot_gains_follow_the_request(causal: bool, layout: dict) -> None:
     """The slot head's gain is the weighted RMS of the requested gains: 0 dB everywhere is the
     identity whatever the weights; a slot that holds a bin gets its own gain there; raising a
     slot's gain never lowers a bin's gain; and nothing present is 0 dB too."""
-    model = _model(causal, SLOT)
+    model = _model(causal, layout)
+    width = model.config.slot_bands or model.filterbank.bins
     for head in (model.head, model.band_head):  # the slot head alone
         torch.nn.init.zeros_(head.weight)
     mixture, gains, presence, *rest = _inputs()
@@ -133,7 +139,7 @@ def test_slot_gains_follow_the_request(causal: bool) -> None:
         empty, _ = model.slot_log_gain(x, gains, torch.zeros_like(presence))
         assert torch.equal(empty, torch.zeros_like(empty))
         base, log_w = model.slot_log_gain(x, gains, presence)
-        assert log_w.shape == (1, 3, 2, 20, model.filterbank.bins)
+        assert log_w.shape == (1, 3, 2, 20, width)
         assert torch.allclose(log_w.exp().sum(1), torch.ones(()), atol=1e-5)
         for slot in ("Violin_1", "Viola_1", "Cello"):
             louder = gains.clone()
@@ -141,10 +147,20 @@ def test_slot_gains_follow_the_request(causal: bool) -> None:
             raised, _ = model.slot_log_gain(x, louder, presence)
             assert (raised >= base - 1e-6).all() and (raised > base + 1e-3).any()
         # All weight on the cello: its -3 dB everywhere.
-        bins = 2 * model.filterbank.bins
-        model.slot_head.bias.view(len(SLOTS), bins)[SLOTS.index("Cello")] = 30.0
+        model.slot_head.bias.view(len(SLOTS), 2 * width)[SLOTS.index("Cello")] = 30.0
         cello, _ = model.slot_log_gain(x, gains, presence)
+    assert cello.shape == (1, 2, 20, model.filterbank.bins)
     assert torch.allclose(cello, torch.full_like(cello, -3 * math.log(10) / 20), atol=1e-4)
+
+
+def test_slot_power_keeps_each_frames_power() -> None:
+    """The slot-weight targets on bands hold the same power per frame as on bins, on the
+    frames of the gains."""
+    mixture, *_ = _inputs(batch=2, seconds=0.5)
+    per_bin = _model(True, SLOT).slot_power(mixture)
+    bands = _model(True, SLOT_BANDS).slot_power(mixture)
+    assert bands.shape == (*per_bin.shape[:-1], 16)
+    assert torch.allclose(bands.sum(-1), per_bin.sum(-1), rtol=1e-4)
 
 
 def test_noncausal_model_uses_the_future() -> None:

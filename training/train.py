@@ -90,7 +90,7 @@ def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
     rows = torch.arange(index.shape[0], device=index.device)[:, None]
     stems = batch["stems"][rows, index]  # (B, K, 2, T)
     with torch.no_grad():
-        power = model.frame_power(stems)
+        power = model.slot_power(stems)
     return internals["slot_log_weights"], power
 
 
