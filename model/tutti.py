@@ -360,7 +360,7 @@ class TuttiModel(PreTrainedModel):
         power = ((gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)).exp()
 
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
-            """(log-gain (B, t, 2 bins), log-weights (B, K, t, 2 bins)) of some frames. The
+            """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
             reductions over the few slots run as a loop over them: on a CPU that is several
             times faster than reducing along a middle dimension."""
             logits = torch.einsum("bkoc,bct->bkto", weight, part) + bias
@@ -381,7 +381,7 @@ class TuttiModel(PreTrainedModel):
         if with_weights:
             log_gain, log_w = frames(x, True)
             log_w = rearrange(log_w, "b k t (c f) -> b k c t f", c=2)
-        else:  # inference: a few frames at a time (the (B, K, frames, 2 bins) tensors are big)
+        else:  # inference: a few frames at a time (the (B, K, frames, 2 width) tensors are big)
             log_gain = torch.cat([frames(x[..., i : i + 128], False)[0]
                                   for i in range(0, x.shape[-1], 128)], dim=1)
             log_w = None
