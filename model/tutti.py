@@ -62,6 +62,7 @@ class TuttiConfig(PretrainedConfig):
         spectral_hidden: int = 0,
         slot_gains: bool = False,
         slot_bands: int = 0,
+        slot_gate: bool = False,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -84,6 +85,7 @@ class TuttiConfig(PretrainedConfig):
         self.spectral_hidden = int(spectral_hidden)
         self.slot_gains = bool(slot_gains)
         self.slot_bands = int(slot_bands)
+        self.slot_gate = bool(slot_gate)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -211,6 +213,8 @@ class TuttiModel(PreTrainedModel):
         for name in ("static_eq", "context_eq"):
             if getattr(config, name) and not config.gain_bands:
                 raise ValueError(f"{name} needs gain_bands > 0")
+        if config.slot_gate and not config.slot_gains:
+            raise ValueError("slot_gate needs slot_gains")
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
             # running mean; non-causal: the whole chunk): a slowly changing EQ for the
@@ -245,6 +249,12 @@ class TuttiModel(PreTrainedModel):
             self.slot_head = nn.Conv1d(c, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
+            if config.slot_gate:
+                # A learned scale of the slot log-gain that starts at 0: a model fine-tuned from
+                # one without the slot head starts where it was (its own heads kept). Stored as
+                # a tenth of the scale, so that Adam (steps of about lr) can move it to ~1 in a
+                # few hundred steps.
+                self.slot_scale = nn.Parameter(torch.zeros(1))
             if config.slot_bands:
                 self.register_buffer("slot_band_to_bin", band_matrix(config.slot_bands, bins,
                                                                      config.sample_rate))
@@ -334,6 +344,8 @@ class TuttiModel(PreTrainedModel):
         if cfg.slot_gains:
             slot_log_gain, log_weights = self.slot_log_gain(x, gains_db, presence,
                                                             internals is not None)
+            if cfg.slot_gate:
+                slot_log_gain = slot_log_gain * (10.0 * self.slot_scale)
             log_gain = log_gain + slot_log_gain
             if internals is not None:
                 internals["slot_log_weights"] = log_weights

@@ -28,10 +28,13 @@ SLOT = dict(SMALL, slot_gains=True)
 """With the gain as the weighted RMS of the requested slot gains."""
 SLOT_BANDS = dict(SLOT, slot_bands=16)
 """With the slot weights per band, spread to the bins."""
+SLOT_GATE = dict(SLOT_BANDS, slot_gate=True)
+"""With the slot log-gain scaled by a learned scalar (0 at the start)."""
 HEAD_LAYOUTS = dict(argnames="layout",
-                    argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS],
+                    argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
+                               SLOT_GATE],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands"])
+                         "slot_bands", "slot_gate"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -49,6 +52,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.spectral_out.weight, std=0.05)
     if model.config.slot_gains:
         torch.nn.init.normal_(model.slot_head.weight, std=0.5)
+    if model.config.slot_gate:
+        torch.nn.init.constant_(model.slot_scale, 0.08)
     return model
 
 
@@ -95,8 +100,13 @@ def test_eq_heads_need_bands(name: str) -> None:
         TuttiModel(TuttiConfig(**dict(SMALL, gain_bands=0, **{name: True})))
 
 
-@pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ, SPECTRAL],
-                         ids=["static_eq", "context_eq", "spectral"])
+def test_slot_gate_needs_slot_gains() -> None:
+    with pytest.raises(ValueError, match="slot_gate needs slot_gains"):
+        TuttiModel(TuttiConfig(**dict(SMALL, slot_gate=True)))
+
+
+@pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT_GATE],
+                         ids=["static_eq", "context_eq", "spectral", "slot_gate"])
 def test_new_heads_start_as_the_identity(layout: dict) -> None:
     """A new head adds nothing: fine-tuning from a model without one starts where it was."""
     mixture, *cond = _inputs()
