@@ -63,6 +63,7 @@ class TuttiConfig(PretrainedConfig):
         slot_gains: bool = False,
         slot_bands: int = 0,
         slot_gate: bool = False,
+        gain_smooth_ms: float = 0.0,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -86,6 +87,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_gains = bool(slot_gains)
         self.slot_bands = int(slot_bands)
         self.slot_gate = bool(slot_gate)
+        self.gain_smooth_ms = float(gain_smooth_ms)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -349,6 +351,8 @@ class TuttiModel(PreTrainedModel):
             log_gain = log_gain + slot_log_gain
             if internals is not None:
                 internals["slot_log_weights"] = log_weights
+        if cfg.gain_smooth_ms > 0:
+            log_gain, new_state["smooth"] = self._smooth(log_gain, state.get("smooth"))
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
                                                               state.get("fb_out"))
@@ -401,6 +405,24 @@ class TuttiModel(PreTrainedModel):
         if self.config.slot_bands:
             log_gain = log_gain @ self.slot_band_to_bin
         return log_gain, log_w
+
+    def _smooth(self, log_gain: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``log_gain (B, 2, frames, bins)`` smoothed over frames by a causal exponential
+        window (time constant ``gain_smooth_ms``, cut at five of them): fewer fast gain
+        fluctuations, the artifacts HAAQI punishes. The state holds the previous frames (the
+        first frame repeated at the start of a stream)."""
+        cfg = self.config
+        hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
+        decay = math.exp(-hop_ms / cfg.gain_smooth_ms)
+        taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / hop_ms))
+        kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=log_gain.dtype,
+                                       device=log_gain.device)  # oldest frame first
+        if state is None:
+            state = log_gain[:, :, :1].expand(-1, -1, taps - 1, -1)
+        x = torch.cat([state, log_gain], dim=2)
+        b, c, t, f = x.shape
+        y = F.conv1d(rearrange(x, "b c t f -> (b c f) 1 t"), (kernel / kernel.sum())[None, None])
+        return rearrange(y, "(b c f) 1 t -> b c t f", b=b, c=c), x[:, :, t - (taps - 1):]
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""

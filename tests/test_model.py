@@ -30,11 +30,13 @@ SLOT_BANDS = dict(SLOT, slot_bands=16)
 """With the slot weights per band, spread to the bins."""
 SLOT_GATE = dict(SLOT_BANDS, slot_gate=True)
 """With the slot log-gain scaled by a learned scalar (0 at the start)."""
+SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
+"""With the log-gain smoothed over frames."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE],
+                               SLOT_GATE, SMOOTH],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands", "slot_gate"])
+                         "slot_bands", "slot_gate", "smooth"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -119,6 +121,28 @@ def test_new_heads_start_as_the_identity(layout: dict) -> None:
     with torch.no_grad():
         assert torch.equal(plain(mixture, *cond, hearing_aid=False),
                            with_eq(mixture, *cond, hearing_aid=False))
+
+
+def test_gain_smoothing_keeps_steady_gains_and_lags_steps() -> None:
+    """``gain_smooth_ms``: a constant log-gain passes unchanged (so a 0 dB request stays the
+    identity); a step rises monotonically, about 63 % of the way after one time constant and
+    all of it after five; streamed in pieces it equals one pass."""
+    model = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=10.0)))
+    hop_ms = 1e3 * 64 / 44100
+    steady = torch.full((1, 2, 50, 5), 0.7)
+    out, _ = model._smooth(steady, None)
+    assert torch.allclose(out, steady, atol=1e-6)
+    step = torch.zeros(1, 2, 60, 5)
+    step[:, :, 20:] = 1.0
+    out, _ = model._smooth(step, None)
+    rise = out[0, 0, 19:, 0]
+    assert rise[0] == 0 and torch.all(rise.diff() >= 0)
+    tau = round(10.0 / hop_ms)
+    assert 0.55 < rise[tau] < 0.72, rise[tau]
+    assert rise[-1] > 0.99
+    first, state = model._smooth(step[:, :, :23], None)
+    second, _ = model._smooth(step[:, :, 23:], state)
+    assert torch.allclose(torch.cat([first, second], dim=2), out, atol=1e-6)
 
 
 def test_present_slots_pads_with_absent_ones() -> None:
