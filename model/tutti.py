@@ -63,6 +63,8 @@ class TuttiConfig(PretrainedConfig):
         slot_gains: bool = False,
         slot_bands: int = 0,
         slot_gate: bool = False,
+        slot_spectral: int = 0,
+        slot_context: int = 1,
         gain_smooth_ms: float = 0.0,
         dim: int = 128,
         heads: int = 4,
@@ -87,6 +89,8 @@ class TuttiConfig(PretrainedConfig):
         self.slot_gains = bool(slot_gains)
         self.slot_bands = int(slot_bands)
         self.slot_gate = bool(slot_gate)
+        self.slot_spectral = int(slot_spectral)
+        self.slot_context = int(slot_context)
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.dim = dim
         self.heads = heads
@@ -215,8 +219,11 @@ class TuttiModel(PreTrainedModel):
         for name in ("static_eq", "context_eq"):
             if getattr(config, name) and not config.gain_bands:
                 raise ValueError(f"{name} needs gain_bands > 0")
-        if config.slot_gate and not config.slot_gains:
-            raise ValueError("slot_gate needs slot_gains")
+        for name in ("slot_gate", "slot_spectral"):
+            if getattr(config, name) and not config.slot_gains:
+                raise ValueError(f"{name} needs slot_gains")
+        if config.slot_context < 1:
+            raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
             # running mean; non-causal: the whole chunk): a slowly changing EQ for the
@@ -248,7 +255,21 @@ class TuttiModel(PreTrainedModel):
             # With ``slot_bands`` the weights are per log-spaced band and the log-gain is spread
             # to the bins like the band head's (several times cheaper at the causal hop of 64).
             width = config.slot_bands or bins
-            self.slot_head = nn.Conv1d(c, n * 2 * width, 1)
+            slot_in = c
+            if config.slot_spectral:
+                # The weights read a per-frame MLP of the full log spectrum (``slot_context``
+                # frames: causal, the past ones) and the head's features, modulated by the
+                # presence alone (a slot's share of a bin does not depend on the request's gains
+                # or the listener): the head's own features are local and low-rank, and the
+                # weights are the network's estimate of which instrument holds each bin.
+                h = slot_in = config.slot_spectral
+                self.slot_spectrum = StreamConv1d(2 * bins + c, h, config.slot_context,
+                                                  causal=causal)
+                self.slot_presence = nn.Linear(n, 2 * h)
+                nn.init.zeros_(self.slot_presence.weight)
+                nn.init.zeros_(self.slot_presence.bias)
+                self.slot_mid = nn.Conv1d(h, h, 1)
+            self.slot_head = nn.Conv1d(slot_in, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
             if config.slot_gate:
@@ -344,7 +365,14 @@ class TuttiModel(PreTrainedModel):
             eq = self._band_gains(self.context_head(context.transpose(1, 2)))
             log_gain = log_gain + eq.repeat_interleave(log_gain.shape[2] // eq.shape[2], dim=2)
         if cfg.slot_gains:
-            slot_log_gain, log_weights = self.slot_log_gain(x, gains_db, presence,
+            features = x
+            if cfg.slot_spectral:
+                features, new_state["slot"] = self.slot_spectrum(torch.cat([power, x], dim=1),
+                                                                 state.get("slot"))
+                scale_p, shift_p = self.slot_presence(presence).unsqueeze(-1).chunk(2, dim=1)
+                features = F.gelu(torch.addcmul(shift_p, features, 1 + scale_p))
+                features = F.gelu(pointwise(self.slot_mid, features))
+            slot_log_gain, log_weights = self.slot_log_gain(features, gains_db, presence,
                                                             internals is not None)
             if cfg.slot_gate:
                 slot_log_gain = slot_log_gain * (10.0 * self.slot_scale)
@@ -360,7 +388,8 @@ class TuttiModel(PreTrainedModel):
 
     def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
                       with_weights: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Log-gain ``(B, 2, frames, bins)`` from the head's features ``x (B, c, frames)``: half
+        """Log-gain ``(B, 2, frames, bins)`` from the slot head's input ``x (B, c, frames)`` (the
+        head's features, or with ``slot_spectral`` its MLP's, that many channels): half
         the log of ``sum_k w_k * a_k**2`` over the present slots ``k`` (:func:`present_slots`),
         ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also (with
         ``with_weights``) the log-weights ``(B, K, 2, frames, width)``, ``-inf`` where a padded

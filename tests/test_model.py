@@ -30,13 +30,15 @@ SLOT_BANDS = dict(SLOT, slot_bands=16)
 """With the slot weights per band, spread to the bins."""
 SLOT_GATE = dict(SLOT_BANDS, slot_gate=True)
 """With the slot log-gain scaled by a learned scalar (0 at the start)."""
+SLOT_SPECTRAL = dict(SLOT, slot_spectral=16, slot_context=3)
+"""With the slot weights from an MLP of the log spectrum (3 frames) and the head's features."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
 """With the log-gain smoothed over frames."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE, SMOOTH],
+                               SLOT_GATE, SLOT_SPECTRAL, SMOOTH],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands", "slot_gate", "smooth"])
+                         "slot_bands", "slot_gate", "slot_spectral", "smooth"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -56,6 +58,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.slot_head.weight, std=0.5)
     if model.config.slot_gate:
         torch.nn.init.constant_(model.slot_scale, 0.08)
+    if model.config.slot_spectral:
+        torch.nn.init.normal_(model.slot_presence.weight, std=0.5)
     return model
 
 
@@ -102,9 +106,15 @@ def test_eq_heads_need_bands(name: str) -> None:
         TuttiModel(TuttiConfig(**dict(SMALL, gain_bands=0, **{name: True})))
 
 
-def test_slot_gate_needs_slot_gains() -> None:
-    with pytest.raises(ValueError, match="slot_gate needs slot_gains"):
-        TuttiModel(TuttiConfig(**dict(SMALL, slot_gate=True)))
+@pytest.mark.parametrize("name", ["slot_gate", "slot_spectral"])
+def test_slot_options_need_slot_gains(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} needs slot_gains"):
+        TuttiModel(TuttiConfig(**dict(SMALL, **{name: 8})))
+
+
+def test_slot_context_must_be_a_frame_or_more() -> None:
+    with pytest.raises(ValueError, match="slot_context must be >= 1 frame, got 0"):
+        TuttiModel(TuttiConfig(**dict(SLOT_SPECTRAL, slot_context=0)))
 
 
 @pytest.mark.parametrize("layout", [STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT_GATE],
@@ -155,7 +165,8 @@ def test_present_slots_pads_with_absent_ones() -> None:
     assert not presence[1, index[1, 2]]
 
 
-@pytest.mark.parametrize("layout", [SLOT, SLOT_BANDS], ids=["per_bin", "bands"])
+@pytest.mark.parametrize("layout", [SLOT, SLOT_BANDS, SLOT_SPECTRAL],
+                         ids=["per_bin", "bands", "spectral"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_slot_gains_follow_the_request(causal: bool, layout: dict) -> None:
     """The slot head's gain is the weighted RMS of the requested gains: 0 dB everywhere is the
@@ -169,7 +180,7 @@ def test_slot_gains_follow_the_request(causal: bool, layout: dict) -> None:
     with torch.no_grad():
         flat = model(mixture, torch.zeros_like(gains), presence, *rest, hearing_aid=False)
         assert torch.allclose(flat, mixture, atol=1e-7)
-        x = torch.randn(1, model.config.channels[1], 20)
+        x = torch.randn(1, model.slot_head.in_channels, 20)
         empty, _ = model.slot_log_gain(x, gains, torch.zeros_like(presence))
         assert torch.equal(empty, torch.zeros_like(empty))
         base, log_w = model.slot_log_gain(x, gains, presence)
