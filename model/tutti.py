@@ -265,9 +265,7 @@ class TuttiModel(PreTrainedModel):
                 h = slot_in = config.slot_spectral
                 self.slot_spectrum = StreamConv1d(2 * bins + c, h, config.slot_context,
                                                   causal=causal)
-                self.slot_presence = nn.Linear(n, 2 * h)
-                nn.init.zeros_(self.slot_presence.weight)
-                nn.init.zeros_(self.slot_presence.bias)
+                self.slot_presence = FiLM(n, h)
                 self.slot_mid = nn.Conv1d(h, h, 1)
             self.slot_head = nn.Conv1d(slot_in, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
@@ -369,8 +367,7 @@ class TuttiModel(PreTrainedModel):
             if cfg.slot_spectral:
                 features, new_state["slot"] = self.slot_spectrum(torch.cat([power, x], dim=1),
                                                                  state.get("slot"))
-                scale_p, shift_p = self.slot_presence(presence).unsqueeze(-1).chunk(2, dim=1)
-                features = F.gelu(torch.addcmul(shift_p, features, 1 + scale_p))
+                features = F.gelu(self.slot_presence(features, presence))
                 features = F.gelu(pointwise(self.slot_mid, features))
             slot_log_gain, log_weights = self.slot_log_gain(features, gains_db, presence,
                                                             internals is not None)

@@ -59,7 +59,7 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
     if model.config.slot_gate:
         torch.nn.init.constant_(model.slot_scale, 0.08)
     if model.config.slot_spectral:
-        torch.nn.init.normal_(model.slot_presence.weight, std=0.5)
+        torch.nn.init.normal_(model.slot_presence.proj.weight, std=0.5)
     return model
 
 
