@@ -50,6 +50,13 @@ def test_matches_recipe(cad2_root: Path, tmp_path: Path) -> None:
         header = next(csv.reader(fh))
     assert header == ["scene", "song", "listener", "left_haaqi", "right_haaqi", "avg_haaqi"]
 
+    # A shorter run reuses the saved rows and keeps those beyond its limit in the file.
+    first, rows = evaluate(cad2_root, "valid", exp / "enhanced_signals",
+                           scores_csv=tmp_path / "ours.csv", limit=1)
+    assert len(rows) == 1 and first == pytest.approx(float(rows[0]["avg_haaqi"]))
+    with (tmp_path / "ours.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+
 
 def test_missing_enhanced_files_are_reported(cad2_root: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"3 of 3 enhanced file\(s\) missing"):

@@ -147,10 +147,11 @@ def evaluate(
 ) -> tuple[float, list[dict]]:
     """Score every pair of ``split`` (the first ``limit``); returns (mean HAAQI, rows).
 
-    Rows already in ``scores_csv`` are kept (the job is resumable); the file is rewritten
-    atomically after each pair.
+    Rows already in ``scores_csv`` are kept, those beyond ``limit`` included (the job is
+    resumable); the file is rewritten atomically after each pair, in the split's pair order.
     """
     data = CAD2Split(root, split)
+    order = {pair: i for i, pair in enumerate(data.pairs())}
     pairs = data.pairs()[:limit]
     missing = [enhanced_path(enhanced_dir, s, lst) for s, lst in pairs
                if not enhanced_path(enhanced_dir, s, lst).is_file()]
@@ -161,7 +162,6 @@ def evaluate(
     scores_path = Path(scores_csv) if scores_csv else Path(enhanced_dir) / "scores.csv"
     done = _read_scores(scores_path)
     todo = [(str(enhanced_dir), s, lst) for s, lst in pairs if (s, lst) not in done]
-    order = {pair: i for i, pair in enumerate(pairs)}
 
     def save() -> None:
         rows = sorted((r for k, r in done.items() if k in order), key=lambda r: order[
