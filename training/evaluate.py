@@ -151,8 +151,9 @@ def evaluate(
     resumable); the file is rewritten atomically after each pair, in the split's pair order.
     """
     data = CAD2Split(root, split)
-    order = {pair: i for i, pair in enumerate(data.pairs())}
-    pairs = data.pairs()[:limit]
+    all_pairs = data.pairs()
+    order = {pair: i for i, pair in enumerate(all_pairs)}
+    pairs = all_pairs[:limit]
     missing = [enhanced_path(enhanced_dir, s, lst) for s, lst in pairs
                if not enhanced_path(enhanced_dir, s, lst).is_file()]
     if missing:
