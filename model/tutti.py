@@ -65,6 +65,7 @@ class TuttiConfig(PretrainedConfig):
         slot_gate: bool = False,
         slot_spectral: int = 0,
         slot_context: int = 1,
+        slot_mean_order: float = 2.0,
         gain_smooth_ms: float = 0.0,
         dim: int = 128,
         heads: int = 4,
@@ -91,6 +92,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_gate = bool(slot_gate)
         self.slot_spectral = int(slot_spectral)
         self.slot_context = int(slot_context)
+        self.slot_mean_order = float(slot_mean_order)
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.dim = dim
         self.heads = heads
@@ -224,6 +226,8 @@ class TuttiModel(PreTrainedModel):
                 raise ValueError(f"{name} needs slot_gains")
         if config.slot_context < 1:
             raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
+        if not 0.0 <= config.slot_mean_order <= 4.0:
+            raise ValueError(f"slot_mean_order must be in [0, 4], got {config.slot_mean_order}")
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
             # running mean; non-causal: the whole chunk): a slowly changing EQ for the
@@ -386,9 +390,12 @@ class TuttiModel(PreTrainedModel):
     def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
                       with_weights: bool = True) -> tuple[Tensor, Tensor | None]:
         """Log-gain ``(B, 2, frames, bins)`` from the slot head's input ``x (B, c, frames)`` (the
-        head's features, or with ``slot_spectral`` its MLP's, that many channels): half
-        the log of ``sum_k w_k * a_k**2`` over the present slots ``k`` (:func:`present_slots`),
-        ``a_k`` the requested amplitude gain and ``w_k`` the head's softmax weights; also (with
+        head's features, or with ``slot_spectral`` its MLP's, that many channels): the log of
+        the power mean ``(sum_k w_k * a_k**p) ** (1 / p)`` over the present slots ``k``
+        (:func:`present_slots`), ``a_k`` the requested amplitude gain, ``w_k`` the head's
+        softmax weights and ``p`` the config's ``slot_mean_order`` (2: the weighted RMS, the
+        power of incoherent sources; smaller orders lean less to the loudest requests where
+        the weights are unsure; 0: the geometric mean ``sum_k w_k * log a_k``); also (with
         ``with_weights``) the log-weights ``(B, K, 2, frames, width)``, ``-inf`` where a padded
         slot is absent. ``width`` is ``slot_bands`` (the log-gain then spread to the bins) or
         ``bins``."""
@@ -399,7 +406,9 @@ class TuttiModel(PreTrainedModel):
         weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * width, -1)[index]
         bias = self.slot_head.bias.view(len(self.config.slots), 2 * width)[index]
         bias = bias.masked_fill(~valid[..., None], float("-inf"))[:, :, None]
-        power = ((gains_db * presence).gather(1, index) * (math.log(10.0) / 10.0)).exp()
+        order = self.config.slot_mean_order
+        log_amp = (gains_db * presence).gather(1, index) * (math.log(10.0) / 20.0)
+        term = log_amp if order == 0 else (order * log_amp).exp()  # per slot, averaged by w
 
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
             """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
@@ -413,9 +422,12 @@ class TuttiModel(PreTrainedModel):
             for k in range(logits.shape[1]):
                 e = (logits[:, k] - top).exp()
                 total = total + e
-                weighted = weighted + e * power[:, k, None, None]
+                weighted = weighted + e * term[:, k, None, None]
             log_total = total.log()
-            log_gain = 0.5 * (weighted.log() - log_total)
+            if order == 0:
+                log_gain = weighted / total
+            else:
+                log_gain = (weighted.log() - log_total) / order
             if not with_weights:
                 return log_gain, None
             return log_gain, logits - (top + log_total)[:, None]

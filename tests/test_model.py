@@ -32,6 +32,8 @@ SLOT_GATE = dict(SLOT_BANDS, slot_gate=True)
 """With the slot log-gain scaled by a learned scalar (0 at the start)."""
 SLOT_SPECTRAL = dict(SLOT, slot_spectral=16, slot_context=3)
 """With the slot weights from an MLP of the log spectrum (3 frames) and the head's features."""
+SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
+"""With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
 """With the log-gain smoothed over frames."""
 HEAD_LAYOUTS = dict(argnames="layout",
@@ -165,11 +167,12 @@ def test_present_slots_pads_with_absent_ones() -> None:
     assert not presence[1, index[1, 2]]
 
 
-@pytest.mark.parametrize("layout", [SLOT, SLOT_BANDS, SLOT_SPECTRAL],
-                         ids=["per_bin", "bands", "spectral"])
+@pytest.mark.parametrize("layout", [SLOT, SLOT_BANDS, SLOT_SPECTRAL, SLOT_GEOMETRIC,
+                                    dict(SLOT_BANDS, slot_mean_order=1.0)],
+                         ids=["per_bin", "bands", "spectral", "geometric", "mean"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_slot_gains_follow_the_request(causal: bool, layout: dict) -> None:
-    """The slot head's gain is the weighted RMS of the requested gains: 0 dB everywhere is the
+    """The slot head's gain is a weighted mean of the requested gains: 0 dB everywhere is the
     identity whatever the weights; a slot that holds a bin gets its own gain there; raising a
     slot's gain never lowers a bin's gain; and nothing present is 0 dB too."""
     model = _model(causal, layout)
@@ -196,6 +199,33 @@ def test_slot_gains_follow_the_request(causal: bool, layout: dict) -> None:
         cello, _ = model.slot_log_gain(x, gains, presence)
     assert cello.shape == (1, 2, 20, model.filterbank.bins)
     assert torch.allclose(cello, torch.full_like(cello, -3 * math.log(10) / 20), atol=1e-4)
+
+
+def test_slot_mean_order_sets_the_power_mean() -> None:
+    """Order 2 is the weighted RMS of the amplitude gains, 0 their weighted geometric mean, and
+    a lower order never gives a higher gain (the power-mean inequality)."""
+    _, gains, presence, *_ = _inputs()
+    logs = {}
+    for order in (0.0, 0.5, 1.0, 2.0):
+        model = _model(True, dict(SLOT_BANDS, slot_mean_order=order))
+        seed = torch.Generator().manual_seed(1)
+        x = torch.randn(1, model.slot_head.in_channels, 12, generator=seed)
+        with torch.no_grad():
+            logs[order], log_w = model.slot_log_gain(x, gains, presence)
+    index, _ = present_slots(presence)
+    amp = 10 ** (gains.gather(1, index) / 20)[:, :, None, None, None]
+    w = log_w.exp()  # the same weights for every order (same seed and input)
+    rms = 0.5 * ((w * amp**2).sum(1)).log() @ model.slot_band_to_bin
+    geometric = (w * amp.log()).sum(1) @ model.slot_band_to_bin
+    assert torch.allclose(logs[2.0], rms, atol=1e-5)
+    assert torch.allclose(logs[0.0], geometric, atol=1e-5)
+    for low, high in ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0)):
+        assert (logs[low] <= logs[high] + 1e-6).all() and (logs[low] < logs[high] - 1e-3).any()
+
+
+def test_slot_mean_order_is_checked() -> None:
+    with pytest.raises(ValueError, match="slot_mean_order must be in \\[0, 4\\], got -1.0"):
+        TuttiModel(TuttiConfig(**dict(SLOT_BANDS, slot_mean_order=-1.0)))
 
 
 def test_slot_power_keeps_each_frames_power() -> None:
