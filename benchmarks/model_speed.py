@@ -13,7 +13,8 @@ One run prints, on the same machine and load:
    audio for one instrument and for a scene of three, and the ratio to Tutti's time (network +
    hearing aid) per second of audio.
 
-Usage: ``python benchmarks/model_speed.py [--seconds 60] [--repeats 3] [--baseline-seconds 12]``
+Usage: ``python benchmarks/model_speed.py [--seconds 60] [--repeats 3] [--baseline-seconds 12]
+[--noncausal DIR] [--causal DIR]`` (model folders; default: the shipped ``models/*``).
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def _request() -> Request:
     )
 
 
-def whole(x: np.ndarray, repeats: int, seconds: float) -> dict[str, float]:
-    """Real-time factors of both shipped models; returns seconds per audio second (with HA)."""
+def whole(x: np.ndarray, repeats: int, seconds: float,
+          folders: dict[str, Path]) -> dict[str, float]:
+    """Real-time factors of both models; returns seconds per audio second (with HA)."""
     request = _request()
     per_second = {}
-    for name in ("noncausal", "causal"):
-        model = load_model(ROOT / "models" / name)
+    for name, folder in folders.items():
+        model = load_model(folder)
         params = sum(p.numel() for p in model.parameters())
         remix(model, x[:, :44100], request)  # warm-up
         net, full = [], []
@@ -70,11 +72,11 @@ def whole(x: np.ndarray, repeats: int, seconds: float) -> dict[str, float]:
     return per_second
 
 
-def live(x: np.ndarray) -> None:
+def live(x: np.ndarray, folder: Path) -> None:
     """Per-hop compute of the causal Streamer on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = load_model(ROOT / "models" / "causal")
+    model = load_model(folder)
     streamer = Streamer(model, _request())
     times = []
     for start in range(0, x.shape[1] - HOP, HOP):
@@ -123,14 +125,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--baseline-seconds", type=float, default=12.0)
+    parser.add_argument("--noncausal", type=Path, default=ROOT / "models" / "noncausal")
+    parser.add_argument("--causal", type=Path, default=ROOT / "models" / "causal")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     x = (0.01 * rng.standard_normal((2, int(args.seconds * 44100)))).astype(np.float32)
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.2f}; clip {args.seconds:.0f} s stereo 44.1 kHz")
-    per_second = whole(x, args.repeats, args.seconds)
-    live(x[:, : 20 * 44100])
+    folders = {"noncausal": args.noncausal, "causal": args.causal}
+    print("models: " + ", ".join(f"{k} {v}" for k, v in folders.items()))
+    per_second = whole(x, args.repeats, args.seconds, folders)
+    live(x[:, : 20 * 44100], args.causal)
     baseline(args.baseline_seconds, per_second)
 
 

@@ -46,7 +46,7 @@ def main() -> None:
     scores = {}
     for system, fn in systems.items():
         out = args.out / args.split / system
-        run_batch(args.root, args.split, out, fn, limit=args.limit, desc=system)
+        run_batch(args.root, args.split, out, fn, limit=args.limit, desc=system, jobs=args.jobs)
         _, rows = evaluate(args.root, args.split, out, jobs=args.jobs, limit=args.limit)
         scores[system] = {(r["scene"], r["listener"]): float(r["avg_haaqi"]) for r in rows}
 

@@ -2,12 +2,16 @@
 
 A *system* maps one pair to the hearing-aid output at 44.1 kHz; this module loads the inputs,
 writes ``OUT/<split folder>/<scene>_<listener>_remix.flac`` (32 kHz, 16-bit, clipped) atomically,
-skips files already written (resumable) and shows progress.
+skips files already written (resumable), shows progress and can spread the pairs over worker
+processes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,24 +78,60 @@ def oracle_system(pair: Pair) -> np.ndarray:
     return hearing_aid(mixed, pair.ratio, pair.makeup_db)
 
 
-def model_system(model) -> System:
-    """A Tutti model as a system: the scene's gains and listener, the mixture in."""
-    from model.apply import Request
+@dataclass
+class ModelSystem:
+    """A Tutti model as a system: the scene's gains and listener, the mixture in. An object
+    rather than a closure so that batch jobs can hand it to worker processes."""
 
-    def system(pair: Pair) -> np.ndarray:
+    model: torch.nn.Module
+
+    def __call__(self, pair: Pair) -> np.ndarray:
+        from model.apply import Request, rebalance
+
         slots = pair.music.slots()
         gains = {slots[k]: g for k, g in pair.gains_db.items() if k in slots}
         listener = pair.split.listeners[pair.listener_id]
         audiogram = np.array([listener.levels_l, listener.levels_r])
-        from model.apply import rebalance
-
         request = Request.from_gains(gains, audiogram, pair.ratio, pair.makeup_db)
-        return rebalance(model, pair.mixture, request)
+        return rebalance(self.model, pair.mixture, request)
 
-    return system
+
+def model_system(model: torch.nn.Module) -> System:
+    """A Tutti model as a system (:class:`ModelSystem`)."""
+    return ModelSystem(model)
 
 
 BASELINES: dict[str, System] = {"noop": noop_system, "oracle": oracle_system}
+
+
+def _write_pair(data: CAD2Split, system: System, path: Path, scene_id: str,
+                listener_id: str) -> Path:
+    """Run ``system`` on one pair and write its submission file atomically."""
+    scene = data.scenes[scene_id]
+    ratio, makeup = data.compressor[listener_id].as_arrays()
+    pair = Pair(
+        scene_id=scene_id,
+        listener_id=listener_id,
+        music=data.music[scene.music_id],
+        mixture=data.mixture(scene.music_id),
+        gains_db=data.scene_gains(scene_id),
+        ratio=ratio,
+        makeup_db=makeup,
+        split=data,
+    )
+    return write_submission(path, system(pair))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(root: str, split: str, system: System, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(data=CAD2Split(root, split), system=system)
+
+
+def _write_in_worker(job: tuple[Path, str, str]) -> Path:
+    return _write_pair(_WORKER["data"], _WORKER["system"], *job)
 
 
 def run_batch(
@@ -101,27 +141,31 @@ def run_batch(
     system: System,
     limit: int | None = None,
     desc: str = "enhance",
+    jobs: int = 1,
 ) -> list[Path]:
-    """Run ``system`` on every pair of ``split`` (the first ``limit``); returns written paths."""
+    """Run ``system`` on every pair of ``split`` (the first ``limit``); returns written paths.
+
+    With ``jobs`` > 1 the pairs run in that many worker processes (``system`` must pickle, as
+    functions and :class:`ModelSystem` do), each with ``cpu_count // jobs`` torch threads.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     data = CAD2Split(root, split)
     pairs = data.pairs()[:limit]
-    written = []
-    for scene_id, listener_id in tqdm(pairs, desc=desc, unit="pair"):
-        path = output_path(out_dir, scene_id, listener_id)
-        written.append(path)
-        if path.is_file():
-            continue
-        scene = data.scenes[scene_id]
-        ratio, makeup = data.compressor[listener_id].as_arrays()
-        pair = Pair(
-            scene_id=scene_id,
-            listener_id=listener_id,
-            music=data.music[scene.music_id],
-            mixture=data.mixture(scene.music_id),
-            gains_db=data.scene_gains(scene_id),
-            ratio=ratio,
-            makeup_db=makeup,
-            split=data,
-        )
-        write_submission(path, system(pair))
+    written = [output_path(out_dir, s, lst) for s, lst in pairs]
+    todo = [(p, s, lst) for p, (s, lst) in zip(written, pairs, strict=True) if not p.is_file()]
+    progress = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=desc, unit="pair")
+    if jobs == 1 or len(todo) <= 1:
+        for job in todo:
+            _write_pair(data, system, *job)
+            progress.update()
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context,
+                                 initializer=_init_worker,
+                                 initargs=(str(root), split, system, threads)) as ex:
+            for _ in ex.map(_write_in_worker, todo):
+                progress.update()
+    progress.close()
     return written

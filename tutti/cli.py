@@ -26,7 +26,7 @@ def _baseline(args: argparse.Namespace) -> None:
     from model.batch import BASELINES, run_batch
 
     paths = run_batch(args.root, args.split, args.out, BASELINES[args.system], limit=args.limit,
-                      desc=args.system)
+                      desc=args.system, jobs=args.jobs)
     print(f"{args.system}: {len(paths)} file(s) in {args.out}")
 
 
@@ -134,7 +134,7 @@ def _enhance(args: argparse.Namespace) -> None:
 
     model = load_model(_model_dir(args))
     paths = run_batch(args.root, args.split, args.out, model_system(model), limit=args.limit,
-                      desc="enhance")
+                      desc="enhance", jobs=args.jobs)
     print(f"enhance: {len(paths)} file(s) in {args.out}")
 
 
@@ -202,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="valid")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="process only the first N pairs")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.set_defaults(func=_baseline)
 
     p = sub.add_parser("rebalance", help="rebalance one recording for one listener")
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.set_defaults(func=_enhance)
 
     p = sub.add_parser("data", help="training data")
