@@ -168,6 +168,17 @@ class Listener:
     makeup_db: Tensor
 
 
+INFERENCE_SETTINGS = ("gain_smooth_ms", "slot_mean_order")
+"""Config settings that no weight depends on: a saved model's may change without training."""
+
+
+def _check_inference_settings(config: TuttiConfig) -> None:
+    if config.gain_smooth_ms < 0:
+        raise ValueError(f"gain_smooth_ms must be >= 0 ms, got {config.gain_smooth_ms}")
+    if not 0.0 <= config.slot_mean_order <= 4.0:
+        raise ValueError(f"slot_mean_order must be in [0, 4], got {config.slot_mean_order}")
+
+
 class TuttiModel(PreTrainedModel):
     """Conditional rebalancing network with the CAD2 hearing aid as its last layer."""
 
@@ -226,8 +237,7 @@ class TuttiModel(PreTrainedModel):
                 raise ValueError(f"{name} needs slot_gains")
         if config.slot_context < 1:
             raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
-        if not 0.0 <= config.slot_mean_order <= 4.0:
-            raise ValueError(f"slot_mean_order must be in [0, 4], got {config.slot_mean_order}")
+        _check_inference_settings(config)
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
             # running mean; non-causal: the whole chunk): a slowly changing EQ for the
@@ -286,6 +296,32 @@ class TuttiModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:  # transformers hook; keep torch defaults
         return
+
+    def set_inference(self, **settings: float) -> None:
+        """Change :data:`INFERENCE_SETTINGS` in place (checked; the config saves them)."""
+        unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
+        if unknown:
+            raise ValueError(f"not an inference-time setting: {', '.join(unknown)} (these are: "
+                             f"{', '.join(INFERENCE_SETTINGS)})")
+        old = {k: getattr(self.config, k) for k in settings}
+        for key, value in settings.items():
+            setattr(self.config, key, float(value))
+        try:
+            _check_inference_settings(self.config)
+        except ValueError:
+            for key, value in old.items():
+                setattr(self.config, key, value)
+            raise
+
+    def fix_slot_gate(self, value: float) -> None:
+        """Set a ``slot_gate`` model's learned scale of the slot log-gain to ``value`` (0: no
+        slot gain, 1: all of it), e.g. to follow requests more gently than training chose."""
+        if not self.config.slot_gate:
+            raise ValueError("the model has no slot gate (slot_gate is off)")
+        if not 0.0 <= value <= 2.0:
+            raise ValueError(f"slot gate must be in [0, 2], got {value}")
+        with torch.no_grad():
+            self.slot_scale.fill_(value / 10.0)  # stored as a tenth of the scale
 
     def conditioning(self, gains_db: Tensor, presence: Tensor, listener: Listener) -> Tensor:
         """Conditioning vector ``(B, cond_dim)``."""

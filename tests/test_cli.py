@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,35 @@ def test_rebalance_any_rate_mono(tmp_path: Path, capsys) -> None:
     bad[1] = str(tmp_path / "nan.wav")
     assert main(bad) == 2
     assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys) -> None:
+    """`tutti export --slot-gate G --set KEY=VALUE`: the copy has those settings and that gate,
+    every other weight unchanged; a setting that weights depend on, a bad value or a gate on a
+    model without one is an error and writes nothing."""
+    from model.apply import load_model
+    from tests.test_model import SLOT_GATE
+
+    torch.manual_seed(0)
+    TuttiModel(TuttiConfig(causal=True, **SLOT_GATE)).save_pretrained(tmp_path / "run")
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--slot-gate", "0.5",
+                 "--set", "gain_smooth_ms=10", "slot_mean_order=1"]) == 0
+    src, dst = load_model(tmp_path / "run"), load_model(out)
+    assert (dst.config.gain_smooth_ms, dst.config.slot_mean_order) == (10.0, 1.0)
+    assert 10 * dst.slot_scale.item() == pytest.approx(0.5)
+    for (name, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
+        assert name == "slot_scale" or torch.equal(a, b), name
+    bad = {("--set", "window=3"): "not an inference-time setting: window",
+           ("--set", "slot_mean_order=-1"): "slot_mean_order must be in \\[0, 4\\]",
+           ("--set", "gain_smooth_ms"): "expected KEY=NUMBER",
+           ("--slot-gate", "3"): "slot gate must be in \\[0, 2\\], got 3.0"}
+    for args, message in bad.items():
+        capsys.readouterr()
+        assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), *args]) == 2
+        assert re.search(message, capsys.readouterr().err), args
+        assert not (tmp_path / "x").exists()
+    TuttiModel(TuttiConfig(**SMALL)).save_pretrained(tmp_path / "plain")
+    assert main(["export", str(tmp_path / "plain"), "--out", str(tmp_path / "x"),
+                 "--slot-gate", "0.5"]) == 2
+    assert "the model has no slot gate" in capsys.readouterr().err

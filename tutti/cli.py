@@ -157,6 +157,16 @@ def _export(args: argparse.Namespace) -> None:
     from model.apply import load_model
 
     model = load_model(args.run / "best" if (args.run / "best").is_dir() else args.run)
+    settings = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            settings[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: expected KEY=NUMBER") from None
+    model.set_inference(**settings)
+    if args.slot_gate is not None:
+        model.fix_slot_gate(args.slot_gate)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"exported {args.out}")
 
@@ -251,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a run's best model to a model folder")
     p.add_argument("run", type=Path, help="run folder (or a model folder)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--slot-gate", type=float, default=None,
+                   help="fix a slot_gate model's scale of the slot log-gain (e.g. 0.5)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="inference-time settings: gain_smooth_ms, slot_mean_order")
     p.set_defaults(func=_export)
 
     # --- serving -------------------------------------------------------------------------
