@@ -177,15 +177,18 @@ def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
     """Validation loss, median SI-SDR (dB) of model and noop (the unbalanced mixture), and the
     mean SI-SDR improvement over noop on examples the gains change (noop below 30 dB; zero
     gains, or gains on instruments silent in the excerpt, leave a near-infinite noop SI-SDR
-    that would swamp a mean)."""
+    that would swamp a mean). With ``loss.w_slot_weights`` the loss includes the slot KL
+    (the examples then hold their stems)."""
     model.eval()
     losses, sdr, sdr_noop, changed = [], [], [], []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             b = _batch(examples[i : i + batch_size])
+            internals: dict | None = {} if loss_fn.w_slot_weights > 0 else None
             est = model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
-                        b["makeup_db"], hearing_aid=False)
-            losses.append(loss_fn(est, b["target"])["total"].item())
+                        b["makeup_db"], hearing_aid=False, internals=internals)
+            slot = slot_weight_targets(model, b, internals)
+            losses.append(loss_fn(est, b["target"], None, slot)["total"].item())
             sdr += si_sdr(est, b["target"]).tolist()
             sdr_noop += si_sdr(b["mixture"], b["target"]).tolist()
             changed += (b["gains_db"].abs().amax(dim=1) > 0).tolist()
@@ -302,8 +305,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     if rank == 0 and int(cfg.train.valid_examples) > 0:
         # validation draws items uniformly, whatever the training balance
         valid_set = RebalanceDataset(roots, cfg.data.valid_split,
-                                     dataclasses.replace(ex_cfg, balance_slots=0.0,
-                                                         slot_stems=False), seed=12345,
+                                     dataclasses.replace(ex_cfg, balance_slots=0.0),
+                                     seed=12345,
                                      pcm_cache=cache)
         valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
 
