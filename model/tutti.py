@@ -313,15 +313,24 @@ class TuttiModel(PreTrainedModel):
                 setattr(self.config, key, value)
             raise
 
-    def fix_slot_gate(self, value: float) -> None:
-        """Set a ``slot_gate`` model's learned scale of the slot log-gain to ``value`` (0: no
-        slot gain, 1: all of it), e.g. to follow requests more gently than training chose."""
-        if not self.config.slot_gate:
-            raise ValueError("the model has no slot gate (slot_gate is off)")
+    def with_slot_gate(self, value: float) -> TuttiModel:
+        """This model with its slot log-gain scaled by ``value`` (0: no slot gain, 1: all of
+        it), e.g. to follow requests more gently than training chose: a ``slot_gate`` model's
+        learned scale is set, a model without a gate gets one (a new model; the weights are
+        shared)."""
+        if not self.config.slot_gains:
+            raise ValueError("the model has no slot gains (slot_gains is off)")
         if not 0.0 <= value <= 2.0:
             raise ValueError(f"slot gate must be in [0, 2], got {value}")
+        model = self
+        if not self.config.slot_gate:
+            config = TuttiConfig(**{**self.config.to_dict(), "slot_gate": True})
+            model = TuttiModel(config).to(self.device).eval()
+            missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+            assert missing == ["slot_scale"] and not unexpected, (missing, unexpected)
         with torch.no_grad():
-            self.slot_scale.fill_(value / 10.0)  # stored as a tenth of the scale
+            model.slot_scale.fill_(value / 10.0)  # stored as a tenth of the scale
+        return model
 
     def conditioning(self, gains_db: Tensor, presence: Tensor, listener: Listener) -> Tensor:
         """Conditioning vector ``(B, cond_dim)``."""

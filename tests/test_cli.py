@@ -102,4 +102,28 @@ def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys
     TuttiModel(TuttiConfig(**SMALL)).save_pretrained(tmp_path / "plain")
     assert main(["export", str(tmp_path / "plain"), "--out", str(tmp_path / "x"),
                  "--slot-gate", "0.5"]) == 2
-    assert "the model has no slot gate" in capsys.readouterr().err
+    assert "the model has no slot gains" in capsys.readouterr().err
+
+
+def test_export_gives_a_model_without_a_gate_one(tmp_path: Path) -> None:
+    """`--slot-gate 1` on a slot-gain model without a gate changes no output; 0.5 halves the
+    slot log-gain, so the output changes."""
+    from model.apply import load_model
+    from tests.test_model import SLOT_BANDS, _inputs
+
+    torch.manual_seed(0)
+    plain = TuttiModel(TuttiConfig(causal=True, **SLOT_BANDS))
+    torch.nn.init.normal_(plain.slot_head.weight, std=0.5)
+    plain.save_pretrained(tmp_path / "run")
+    outputs = {}
+    for gate in ("1", "0.5"):
+        out = tmp_path / gate
+        assert main(["export", str(tmp_path / "run"), "--out", str(out), "--slot-gate", gate]) == 0
+        model = load_model(out)
+        assert model.config.slot_gate
+        with torch.no_grad():
+            outputs[gate] = model(*_inputs(), hearing_aid=False)
+    with torch.no_grad():
+        reference = load_model(tmp_path / "run")(*_inputs(), hearing_aid=False)
+    assert torch.allclose(outputs["1"], reference, atol=1e-6)
+    assert not torch.allclose(outputs["0.5"], reference, atol=1e-4)

@@ -166,7 +166,7 @@ def _export(args: argparse.Namespace) -> None:
             raise ValueError(f"--set {item!r}: expected KEY=NUMBER") from None
     model.set_inference(**settings)
     if args.slot_gate is not None:
-        model.fix_slot_gate(args.slot_gate)
+        model = model.with_slot_gate(args.slot_gate)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"exported {args.out}")
 
@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder (or a model folder)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--slot-gate", type=float, default=None,
-                   help="fix a slot_gate model's scale of the slot log-gain (e.g. 0.5)")
+                   help="scale the slot log-gain by this (a slot_gate model's learned scale is "
+                        "replaced; a model without a gate gets one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference-time settings: gain_smooth_ms, slot_mean_order")
     p.set_defaults(func=_export)
