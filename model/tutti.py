@@ -418,8 +418,10 @@ class TuttiModel(PreTrainedModel):
                                                                  state.get("slot"))
                 features = F.gelu(self.slot_presence(features, presence))
                 features = F.gelu(pointwise(self.slot_mid, features))
+            request = state.get("slot_request") or self.slot_request(gains_db, presence)
+            new_state["slot_request"] = request  # a stream keeps its request
             slot_log_gain, log_weights = self.slot_log_gain(features, gains_db, presence,
-                                                            internals is not None)
+                                                            internals is not None, request)
             if cfg.slot_gate:
                 slot_log_gain = slot_log_gain * (10.0 * self.slot_scale)
             log_gain = log_gain + slot_log_gain
@@ -432,18 +434,10 @@ class TuttiModel(PreTrainedModel):
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
-    def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
-                      with_weights: bool = True) -> tuple[Tensor, Tensor | None]:
-        """Log-gain ``(B, 2, frames, bins)`` from the slot head's input ``x (B, c, frames)`` (the
-        head's features, or with ``slot_spectral`` its MLP's, that many channels): the log of
-        the power mean ``(sum_k w_k * a_k**p) ** (1 / p)`` over the present slots ``k``
-        (:func:`present_slots`), ``a_k`` the requested amplitude gain, ``w_k`` the head's
-        softmax weights and ``p`` the config's ``slot_mean_order`` (2: the weighted RMS, the
-        power of incoherent sources; smaller orders lean less to the loudest requests where
-        the weights are unsure; 0: the geometric mean ``sum_k w_k * log a_k``); also (with
-        ``with_weights``) the log-weights ``(B, K, 2, frames, width)``, ``-inf`` where a padded
-        slot is absent. ``width`` is ``slot_bands`` (the log-gain then spread to the bins) or
-        ``bins``."""
+    def slot_request(self, gains_db: Tensor, presence: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What :meth:`slot_log_gain` needs of a request: the slot head's weights ``(B, K, 2
+        width, c)`` and biases ``(B, K, 1, 2 width)`` (``-inf`` for padding) of the present
+        slots, and each one's term of the power mean ``(B, K)``. A stream computes it once."""
         index, valid = present_slots(presence)
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
@@ -454,6 +448,25 @@ class TuttiModel(PreTrainedModel):
         order = self.config.slot_mean_order
         log_amp = (gains_db * presence).gather(1, index) * (math.log(10.0) / 20.0)
         term = log_amp if order == 0 else (order * log_amp).exp()  # per slot, averaged by w
+        return weight, bias, term
+
+    def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
+                      with_weights: bool = True,
+                      request: tuple[Tensor, Tensor, Tensor] | None = None,
+                      ) -> tuple[Tensor, Tensor | None]:
+        """Log-gain ``(B, 2, frames, bins)`` from the slot head's input ``x (B, c, frames)`` (the
+        head's features, or with ``slot_spectral`` its MLP's, that many channels): the log of
+        the power mean ``(sum_k w_k * a_k**p) ** (1 / p)`` over the present slots ``k``
+        (:func:`present_slots`), ``a_k`` the requested amplitude gain, ``w_k`` the head's
+        softmax weights and ``p`` the config's ``slot_mean_order`` (2: the weighted RMS, the
+        power of incoherent sources; smaller orders lean less to the loudest requests where
+        the weights are unsure; 0: the geometric mean ``sum_k w_k * log a_k``); also (with
+        ``with_weights``) the log-weights ``(B, K, 2, frames, width)``, ``-inf`` where a padded
+        slot is absent. ``width`` is ``slot_bands`` (the log-gain then spread to the bins) or
+        ``bins``. ``request``: :meth:`slot_request` of ``gains_db`` and ``presence``, if
+        already computed."""
+        weight, bias, term = request or self.slot_request(gains_db, presence)
+        order = self.config.slot_mean_order
 
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
             """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
@@ -481,8 +494,8 @@ class TuttiModel(PreTrainedModel):
             log_gain, log_w = frames(x, True)
             log_w = rearrange(log_w, "b k t (c f) -> b k c t f", c=2)
         else:  # inference: a few frames at a time (the (B, K, frames, 2 width) tensors are big)
-            log_gain = torch.cat([frames(x[..., i : i + 128], False)[0]
-                                  for i in range(0, x.shape[-1], 128)], dim=1)
+            parts = [frames(x[..., i : i + 128], False)[0] for i in range(0, x.shape[-1], 128)]
+            log_gain = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             log_w = None
         log_gain = rearrange(log_gain, "b t (c f) -> b c t f", c=2)
         if self.config.slot_bands:
@@ -502,10 +515,16 @@ class TuttiModel(PreTrainedModel):
                                        device=log_gain.device)  # oldest frame first
         if state is None:
             state = log_gain[:, :, :1].expand(-1, -1, taps - 1, -1)
+        kernel = kernel / kernel.sum()
         x = torch.cat([state, log_gain], dim=2)
         b, c, t, f = x.shape
-        y = F.conv1d(rearrange(x, "b c t f -> (b c f) 1 t"), (kernel / kernel.sum())[None, None])
-        return rearrange(y, "(b c f) 1 t -> b c t f", b=b, c=c), x[:, :, t - (taps - 1):]
+        n = t - (taps - 1)
+        if n <= 32:  # a few streamed frames: one product with a banded matrix, ~10x faster
+            band = x.new_zeros(n, t)
+            band.as_strided((n, taps), (t + 1, 1)).copy_(kernel.expand(n, taps))
+            return band @ x, x[:, :, n:]
+        y = F.conv1d(rearrange(x, "b c t f -> (b c f) 1 t"), kernel[None, None])
+        return rearrange(y, "(b c f) 1 t -> b c t f", b=b, c=c), x[:, :, n:]
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""
