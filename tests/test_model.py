@@ -155,6 +155,14 @@ def test_gain_smoothing_keeps_steady_gains_and_lags_steps() -> None:
     first, state = model._smooth(step[:, :, :23], None)
     second, _ = model._smooth(step[:, :, 23:], state)
     assert torch.allclose(torch.cat([first, second], dim=2), out, atol=1e-6)
+    # Long signals (several blocks): the normalised window of 5 time constants, frame by frame.
+    noise = torch.randn(1, 2, 300, 5)
+    out, _ = model._smooth(noise, None)
+    taps = math.ceil(50.0 / hop_ms)
+    window = torch.exp(-torch.arange(taps - 1, -1, -1) * hop_ms / 10.0)
+    padded = torch.cat([noise[:, :, :1].expand(-1, -1, taps - 1, -1), noise], dim=2)
+    reference = padded.unfold(2, taps, 1) @ (window / window.sum())
+    assert torch.allclose(out, reference, atol=1e-5)
 
 
 def test_present_slots_pads_with_absent_ones() -> None:
