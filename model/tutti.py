@@ -314,10 +314,9 @@ class TuttiModel(PreTrainedModel):
             raise
 
     def with_slot_gate(self, value: float) -> TuttiModel:
-        """This model with its slot log-gain scaled by ``value`` (0: no slot gain, 1: all of
-        it), e.g. to follow requests more gently than training chose: a ``slot_gate`` model's
-        learned scale is set, a model without a gate gets one (a new model; the weights are
-        shared)."""
+        """A model whose slot log-gain is scaled by ``value`` (0: no slot gain, 1: all of it),
+        e.g. to follow requests more gently than training chose: a ``slot_gate`` model itself,
+        its learned scale set in place; otherwise a copy with a gate."""
         if not self.config.slot_gains:
             raise ValueError("the model has no slot gains (slot_gains is off)")
         if not 0.0 <= value <= 2.0:
