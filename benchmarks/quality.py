@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.apply import Request, load_model, remix  # noqa: E402
-from model.batch import BASELINES, model_system, run_batch  # noqa: E402
+from model.batch import BASELINES, ModelSystem, run_batch  # noqa: E402
 from model.cad2 import CAD2Split, instrument_of  # noqa: E402
 from model.hearing_aid import adjust_level  # noqa: E402
 from training.corpus import ensemble_kind  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> None:
     split = CAD2Split(args.root, args.split)
     model = load_model(args.model)
     name = args.model.name
-    systems = {"noop": BASELINES["noop"], "oracle": BASELINES["oracle"], name: model_system(model)}
+    systems = {"noop": BASELINES["noop"], "oracle": BASELINES["oracle"], name: ModelSystem(model)}
     scores = {}
     for system, fn in systems.items():
         out = args.out / args.split / system

@@ -96,11 +96,6 @@ class ModelSystem:
         return rebalance(self.model, pair.mixture, request)
 
 
-def model_system(model: torch.nn.Module) -> System:
-    """A Tutti model as a system (:class:`ModelSystem`)."""
-    return ModelSystem(model)
-
-
 BASELINES: dict[str, System] = {"noop": noop_system, "oracle": oracle_system}
 
 

@@ -204,14 +204,14 @@ def validate_haaqi(model: TuttiModel, root: str | Path, split: str, pairs: int) 
     ``split`` of the CAD2 root ``root``: whole excerpts, hearing aid included."""
     import tempfile
 
-    from model.batch import model_system, run_batch
+    from model.batch import ModelSystem, run_batch
     from training.evaluate import evaluate
 
     was_training = model.training
     model.eval()
     try:
         with tempfile.TemporaryDirectory(prefix="tutti-valid-") as tmp:
-            run_batch(root, split, tmp, model_system(model), limit=pairs, desc="valid remix")
+            run_batch(root, split, tmp, ModelSystem(model), limit=pairs, desc="valid remix")
             mean, _ = evaluate(root, split, tmp, limit=pairs)
     finally:
         model.train(was_training)

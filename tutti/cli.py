@@ -130,10 +130,10 @@ def _rebalance(args: argparse.Namespace) -> None:
 
 def _enhance(args: argparse.Namespace) -> None:
     from model.apply import load_model
-    from model.batch import model_system, run_batch
+    from model.batch import ModelSystem, run_batch
 
     model = load_model(_model_dir(args))
-    paths = run_batch(args.root, args.split, args.out, model_system(model), limit=args.limit,
+    paths = run_batch(args.root, args.split, args.out, ModelSystem(model), limit=args.limit,
                       desc="enhance", jobs=args.jobs)
     print(f"enhance: {len(paths)} file(s) in {args.out}")
 
