@@ -157,7 +157,8 @@ class LocalAttention(nn.Module):
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None):
         # (B, T, 3D) -> q, k, v (B, heads, T, D / heads); plain views: this runs every block
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k, v = (F.linear(x, self.qkv.weight, self.qkv.bias)
+                   .unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4))
         w, n = self.window, q.shape[2]
         blocks = -(-n // w)
         if self.causal:
@@ -168,13 +169,13 @@ class LocalAttention(nn.Module):
             new_state = (k[:, :, -w:], v[:, :, -w:])
             if n == 1:  # one streamed frame: its window is the last w keys, no mask
                 y = F.scaled_dot_product_attention(q, *new_state)
-                return self.out(y.transpose(1, 2).flatten(2)), new_state
+                return self._out(y.transpose(1, 2).flatten(2)), new_state
             if n <= 4:  # a few streamed frames: attend directly, no windowing
                 pos = torch.arange(past, past + n, device=x.device)[:, None]
                 key = torch.arange(past + n, device=x.device)[None, :]
                 mask = (key <= pos) & (key > pos - w)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-                return self.out(y.transpose(1, 2).flatten(2)), new_state
+                return self._out(y.transpose(1, 2).flatten(2)), new_state
             left, span = w - past, 2 * w
         else:
             past, new_state = 0, None
@@ -193,7 +194,10 @@ class LocalAttention(nn.Module):
         mask = (allowed[None] & valid[:, None, :]) | (rel == w)[None]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = rearrange(y, "b h n w d -> b (n w) (h d)")[:, :n]
-        return self.out(y), new_state
+        return self._out(y), new_state
+
+    def _out(self, y: Tensor) -> Tensor:
+        return F.linear(y, self.out.weight, self.out.bias)
 
 
 class TransformerLayer(nn.Module):
@@ -214,14 +218,21 @@ class TransformerLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
 
     def forward(self, x: Tensor, cond: Tensor, state: tuple | None = None):
+        # Functional calls of the norms and the feed-forward: a stream runs this on every
+        # block, and each module call costs about as much as a small operation.
         s_pos, s_att = state if state is not None else (None, None)
         p, s_pos = self.pos(x, s_pos)
         h = (x + p).transpose(1, 2)  # (B, T, D)
-        a, s_att = self.attn(self.norm1(h), s_att)
+        a, s_att = self.attn(_layer_norm(self.norm1, h), s_att)
         h = h + a
-        f = self.film(self.norm2(h).transpose(1, 2), cond)
-        h = h + self.ffn(f.transpose(1, 2))
+        f = self.film(_layer_norm(self.norm2, h).transpose(1, 2), cond).transpose(1, 2)
+        up, down = self.ffn[0], self.ffn[2]
+        h = h + F.linear(F.gelu(F.linear(f, up.weight, up.bias)), down.weight, down.bias)
         return h.transpose(1, 2), (s_pos, s_att)
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def sinusoid_features(values: Tensor, n: int = 8) -> Tensor:

@@ -218,6 +218,7 @@ class TuttiModel(PreTrainedModel):
         self.head_film = FiLM(cd, 2 * c)
         self.head = nn.Conv1d(c, 2 * bins, 1)
         self.hearing_aid = HearingAid(config.sample_rate)
+        self._smooth_band: tuple | None = None  # :meth:`_smooth`'s matrix, kept for a stream
         self.post_init()
         # Start as the identity rebalancer: every log-gain begins at zero.
         nn.init.zeros_(self.head.weight)
@@ -375,9 +376,10 @@ class TuttiModel(PreTrainedModel):
         spectra, new_state["fb_in"] = self.filterbank.analyse(mixture, state.get("fb_in"))
         x = mixture * scale
         skips = []
+        mask_level = cfg.mask_level
         for i, layer in enumerate(self.encoder):
             x, new_state[f"enc{i}"] = layer(x, cond, state.get(f"enc{i}"))
-            if i == cfg.mask_level:
+            if i == mask_level:
                 power = torch.log1p(power_spectrum(spectra) * scale**2) / 5.0
                 power = rearrange(power, "b c t f -> b (c f) t")
                 x = x + pointwise(self.spectrum, power)
@@ -471,6 +473,11 @@ class TuttiModel(PreTrainedModel):
             reductions over the few slots run as a loop over them: on a CPU that is several
             times faster than reducing along a middle dimension."""
             logits = torch.einsum("bkoc,bct->bkto", weight, part) + bias
+            if part.shape[-1] <= 4 and not with_weights and order > 0:
+                # A streamed block's few frames: reductions over the slots take fewer
+                # operations than the loop below, and per-operation cost is what counts.
+                log_mean = torch.logsumexp(logits + term.log()[:, :, None, None], 1)
+                return (log_mean - torch.logsumexp(logits, 1)) / order, None
             top = logits[:, 0]
             for k in range(1, logits.shape[1]):
                 top = torch.maximum(top, logits[:, k])
@@ -509,8 +516,6 @@ class TuttiModel(PreTrainedModel):
         hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
         decay = math.exp(-hop_ms / cfg.gain_smooth_ms)
         taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / hop_ms))
-        kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=log_gain.dtype,
-                                       device=log_gain.device)  # oldest frame first
         if state is None:
             state = log_gain[:, :, :1].expand(-1, -1, taps - 1, -1)
         x = torch.cat([state, log_gain], dim=2)
@@ -520,8 +525,14 @@ class TuttiModel(PreTrainedModel):
         # Blocks of up to 64 output frames, each a product with a banded matrix: several
         # times faster than conv1d over frames, and one small product for a streamed block.
         size = min(n, 64)
-        band = x.new_zeros(size, size + taps - 1)
-        band.as_strided((size, taps), (size + taps, 1)).copy_(kernel / kernel.sum())
+        key = (size, taps, decay, x.dtype, x.device)
+        if self._smooth_band is None or self._smooth_band[0] != key:  # a stream reuses it
+            kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=x.dtype,
+                                           device=x.device)  # oldest frame first
+            band = x.new_zeros(size, size + taps - 1)
+            band.as_strided((size, taps), (size + taps, 1)).copy_(kernel / kernel.sum())
+            self._smooth_band = (key, band)
+        band = self._smooth_band[1]
         out = []
         for start in range(0, n, size):
             m = min(size, n - start)  # output frames of this block
