@@ -57,6 +57,8 @@ class StreamConv1d(nn.Module):
         self.conv = nn.Conv1d(c_in, c_out, kernel, stride, groups=groups)
         self.causal = causal
         self.context = kernel - stride
+        self.kernel, self.stride = kernel, stride
+        self.depthwise = groups == c_in == c_out and groups > 1
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         if not self.causal:
@@ -66,15 +68,15 @@ class StreamConv1d(nn.Module):
             state = x.new_zeros(x.shape[0], x.shape[1], self.context)
         x = torch.cat([state, x], dim=-1)
         new_state = x[..., x.shape[-1] - self.context:] if self.context else state
-        conv = self.conv
-        k, stride = conv.kernel_size[0], conv.stride[0]
+        conv, k, stride = self.conv, self.kernel, self.stride
         if x.shape[-1] - k < 16 * stride:  # a few streamed frames: skip conv1d's set-up cost
             frames = x.unfold(-1, k, stride)  # (B, C, n, k)
+            weight, bias = conv.weight, conv.bias
             if conv.groups == 1:
-                y = F.linear(frames.transpose(1, 2).flatten(2), conv.weight.flatten(1), conv.bias)
+                y = F.linear(frames.transpose(1, 2).flatten(2), weight.flatten(1), bias)
                 return y.transpose(1, 2), new_state
-            if conv.groups == conv.in_channels == conv.out_channels:  # depthwise
-                return (frames * conv.weight).sum(-1) + conv.bias[:, None], new_state
+            if self.depthwise:
+                return (frames * weight).sum(-1) + bias[:, None], new_state
         return conv(x), new_state
 
 
