@@ -135,6 +135,17 @@ def test_new_heads_start_as_the_identity(layout: dict) -> None:
                            with_eq(mixture, *cond, hearing_aid=False))
 
 
+def test_gain_smoothing_follows_a_changed_time_constant() -> None:
+    """The smoothing matrix a stream reuses is rebuilt when ``gain_smooth_ms`` changes."""
+    torch.manual_seed(0)
+    log_gain = torch.randn(1, 2, 80, 5)
+    model = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=10.0)))
+    model._smooth(log_gain, None)
+    model.set_inference(gain_smooth_ms=30.0)
+    fresh = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=30.0)))
+    assert torch.equal(model._smooth(log_gain, None)[0], fresh._smooth(log_gain, None)[0])
+
+
 def test_gain_smoothing_keeps_steady_gains_and_lags_steps() -> None:
     """``gain_smooth_ms``: a constant log-gain passes unchanged (so a 0 dB request stays the
     identity); a step rises monotonically, about 63 % of the way after one time constant and
