@@ -81,7 +81,7 @@ def keep_freed_memory() -> bool:
             _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 32 << 20)
                                  and libc.mallopt(m_trim_threshold, 1 << 30))
         except (OSError, AttributeError):  # not glibc: keep the allocator's defaults
-            _MALLOC_TUNED = False
+            pass
     return _MALLOC_TUNED
 
 

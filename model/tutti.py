@@ -473,11 +473,6 @@ class TuttiModel(PreTrainedModel):
             reductions over the few slots run as a loop over them: on a CPU that is several
             times faster than reducing along a middle dimension."""
             logits = torch.einsum("bkoc,bct->bkto", weight, part) + bias
-            if part.shape[-1] <= 4 and not with_weights and order > 0:
-                # A streamed block's few frames: reductions over the slots take fewer
-                # operations than the loop below, and per-operation cost is what counts.
-                log_mean = torch.logsumexp(logits + term.log()[:, :, None, None], 1)
-                return (log_mean - torch.logsumexp(logits, 1)) / order, None
             top = logits[:, 0]
             for k in range(1, logits.shape[1]):
                 top = torch.maximum(top, logits[:, k])
