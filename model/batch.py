@@ -121,6 +121,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(root: str, split: str, system: System, threads: int) -> None:
+    from model.apply import keep_freed_memory
+
+    keep_freed_memory()  # the system's model arrives pickled, not through ``load_model``
     torch.set_num_threads(threads)
     _WORKER.update(data=CAD2Split(root, split), system=system)
 
