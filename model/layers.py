@@ -27,13 +27,15 @@ class FiLM(nn.Module):
         self._memo: tuple | None = None
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        memo = self._memo  # a stream passes the same ``cond`` every block: project it once
+        # A stream passes the same ``cond`` every block: project it once. Not in a compiled
+        # graph (the memo's identity check would become a guard): there the projection is fused.
+        memo = None if torch.compiler.is_compiling() else self._memo
         if memo is not None and memo[0] is cond and not torch.is_grad_enabled():
             scale, shift = memo[1]
         else:
             scale, shift = self.proj(cond).unsqueeze(-1).chunk(2, dim=1)
             scale = 1 + scale
-            if not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
                 self._memo = (cond, (scale, shift))
         return torch.addcmul(shift, x, scale)
 

@@ -150,11 +150,12 @@ def band_matrix(bands: int, bins: int, sample_rate: int) -> Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
-def present_slots(presence: Tensor) -> tuple[Tensor, Tensor]:
+def present_slots(presence: Tensor, min_slots: int = 1) -> tuple[Tensor, Tensor]:
     """Indices ``(B, K)`` of each example's present slots (in slot order, padded with absent
-    ones; K the most present in the batch) and which of them are present ``(B, K)`` bool."""
+    ones; K the most present in the batch, at least ``min_slots``) and which of them are
+    present ``(B, K)`` bool."""
     present = presence > 0
-    k = max(1, int(present.sum(1).max()))
+    k = min(presence.shape[1], max(1, min_slots, int(present.sum(1).max())))
     order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
     return order, present.gather(1, order)
 
@@ -434,11 +435,13 @@ class TuttiModel(PreTrainedModel):
                                                               state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
-    def slot_request(self, gains_db: Tensor, presence: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def slot_request(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1,
+                     ) -> tuple[Tensor, Tensor, Tensor]:
         """What :meth:`slot_log_gain` needs of a request: the slot head's weights ``(B, K, 2
         width, c)`` and biases ``(B, K, 1, 2 width)`` (``-inf`` for padding) of the present
-        slots, and each one's term of the power mean ``(B, K)``. A stream computes it once."""
-        index, valid = present_slots(presence)
+        slots (K at least ``min_slots``: :func:`present_slots`), and each one's term of the
+        power mean ``(B, K)``. A stream computes it once."""
+        index, valid = present_slots(presence, min_slots)
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
         width = self.config.slot_bands or self.filterbank.bins
@@ -521,13 +524,18 @@ class TuttiModel(PreTrainedModel):
         # times faster than conv1d over frames, and one small product for a streamed block.
         size = min(n, 64)
         key = (size, taps, decay, x.dtype, x.device)
-        if self._smooth_band is None or self._smooth_band[0] != key:  # a stream reuses it
+        # A stream reuses the matrix; a compiled graph neither reads nor keeps it (it would be
+        # a guard), it folds the matrix to a constant.
+        band_memo = None if torch.compiler.is_compiling() else self._smooth_band
+        if band_memo is None or band_memo[0] != key:
             kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=x.dtype,
                                            device=x.device)  # oldest frame first
             band = x.new_zeros(size, size + taps - 1)
             band.as_strided((size, taps), (size + taps, 1)).copy_(kernel / kernel.sum())
-            self._smooth_band = (key, band)
-        band = self._smooth_band[1]
+            band_memo = (key, band)
+            if not torch.compiler.is_compiling():
+                self._smooth_band = band_memo
+        band = band_memo[1]
         out = []
         for start in range(0, n, size):
             m = min(size, n - start)  # output frames of this block
@@ -553,6 +561,17 @@ class TuttiModel(PreTrainedModel):
         """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited
         to ±4 nepers, ±35 dB)."""
         return torch.exp(4.0 * torch.tanh(log_gain / 4.0))
+
+    def stream_state(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1) -> dict:
+        """The state that starts a stream, as ``state=None`` does in :meth:`remix_aligned`, with
+        the slot request padded to at least ``min_slots`` slots (padding adds exact zeros): with
+        ``len(config.slots)`` every request streams with the same tensor shapes, which a
+        compiled stream (:mod:`model.streaming`) needs."""
+        state: dict = {"skip": self.config.delay}
+        if self.config.slot_gains:
+            state["slot_request"] = self.slot_request(gains_db, presence.to(gains_db.dtype),
+                                                      min_slots)
+        return state
 
     def remix_aligned(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                       listener: Listener, state: dict | None = None,
