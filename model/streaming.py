@@ -17,6 +17,7 @@ stream's first blocks run eagerly while its state grows (the attention's key cac
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -87,6 +88,9 @@ class CompiledStep:
         device = next(model.parameters()).device
         if device.type != "cpu":
             raise ValueError(f"compiled stream steps are built for the CPU, not {device}")
+        # Tracing swaps a module's weights for placeholders: trace a copy, so that streams
+        # may run on ``model`` meanwhile (a server builds the step in the background).
+        model = copy.deepcopy(model)
         request = Request.from_gains({}, np.zeros((2, 8)), np.ones((2, 6)), np.zeros((2, 6)),
                                      present=[model.config.slots[0]])
         gains, presence, _ = request.tensors()

@@ -126,6 +126,7 @@ async def stats(_: Request) -> JSONResponse:
     rt = _runtime()
     return JSONResponse({"live_sessions": rt.live_sessions,
                          "max_live_sessions": int(rt.cfg.limits.max_live_sessions),
+                         "live_step": rt.live_step_status,
                          "counters": dict(rt.counters)})
 
 
@@ -177,7 +178,8 @@ async def _live_session(websocket: WebSocket, rt: runtime.Runtime) -> None:
                                    f"{list(cfg.audio.output_rates)}")
         session = LiveSession(rt.engine.models[True], resolve(params, rt.presets, cfg),
                               params.channels, params.input_gain_db,
-                              int(cfg.limits.max_frame_samples), params.sample_rate)
+                              int(cfg.limits.max_frame_samples), params.sample_rate,
+                              rt.live_step)
         await websocket.send_json(session.ready_message(float(cfg.streaming.hop_ms)))
         queue: asyncio.Queue = asyncio.Queue(maxsize=_MAX_QUEUED_FRAMES)
         reader = asyncio.create_task(_read_frames(websocket, session, queue, idle))

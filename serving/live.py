@@ -32,7 +32,7 @@ import numpy as np
 import soxr
 
 from model.apply import Request
-from model.streaming import Streamer
+from model.streaming import CompiledStep, Streamer
 from model.tutti import TuttiModel
 from serving.params import ClientError
 
@@ -47,12 +47,13 @@ class LiveSession:
         input_gain_db: gain applied to incoming samples (dB).
         max_frame_samples: largest accepted frame (samples per channel).
         sample_rate: rate of incoming and outgoing frames (Hz).
+        step: the causal model's compiled block step (None: eager).
     """
 
     def __init__(self, model: TuttiModel, request: Request, channels: int = 2,
                  input_gain_db: float = 0.0, max_frame_samples: int = 44100,
-                 sample_rate: int | None = None) -> None:
-        self.streamer = Streamer(model, request)
+                 sample_rate: int | None = None, step: CompiledStep | None = None) -> None:
+        self.streamer = Streamer(model, request, step)
         self.channels = channels
         model_rate = model.config.sample_rate
         self.rate = int(sample_rate or model_rate)

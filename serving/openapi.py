@@ -35,8 +35,10 @@ EXTRA_PATHS: dict[str, Any] = {
     }},
     "/stats": {"get": {
         "tags": ["Infrastructure"], "operationId": "tutti__stats",
-        "description": "This worker's open live sessions and request counters.",
+        "description": "This worker's open live sessions, the state of its compiled live "
+                       "step (off, building, ready or failed: ...) and request counters.",
         "responses": _json("stats", {"live_sessions": 0, "max_live_sessions": 8,
+                                     "live_step": "ready",
                                      "counters": {"rebalance_200": 3}}),
     }},
     "/ws/stream": {"get": {

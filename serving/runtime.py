@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import torch
 from omegaconf import DictConfig
 
 from model.apply import load_model
+from model.streaming import CompiledStep
 from model.tutti import TuttiModel
 from serving.config import model_path
 from serving.engine import Engine
@@ -48,11 +51,43 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     live_limiter: anyio.CapacityLimiter | None = None
     stream_limiter: anyio.CapacityLimiter | None = None
+    live_step: CompiledStep | None = None
+    live_step_status: str = "off"
 
     @classmethod
     def create(cls, cfg: DictConfig) -> Runtime:
-        """Load models and presets (once per worker, from the service's ``__init__``)."""
-        return cls(cfg, load_presets(cfg), load_engine(cfg, int(cfg.models.api_threads)))
+        """Load models and presets (once per worker, from the service's ``__init__``); start
+        building the compiled live step (``streaming.compiled_live``)."""
+        rt = cls(cfg, load_presets(cfg), load_engine(cfg, int(cfg.models.api_threads)))
+        rt.start_live_step()
+        return rt
+
+    def start_live_step(self) -> None:
+        """Build the causal model's :class:`CompiledStep` in a background thread; live sessions
+        opened once it is ready use it (``live_step_status``: off, building, ready or the
+        failure). CPU only: on a GPU the eager step is already fast."""
+        model = self.engine.models[True]
+        if not self.cfg.streaming.compiled_live:
+            return
+        if next(model.parameters()).device.type != "cpu":
+            self.live_step_status = "off (not on the CPU)"
+            return
+        cache = self.cfg.streaming.compiled_cache
+        cache_dir = Path(str(cache)).expanduser() if cache else None
+        self.live_step_status = "building"
+
+        def build() -> None:
+            try:
+                step = CompiledStep.build(model, cache_dir)
+            except Exception as err:  # e.g. no C++ compiler: live sessions stay eager
+                self.live_step_status = f"failed: {type(err).__name__}: {err}"[:500]
+                logging.getLogger(__name__).warning(
+                    "compiled live step unavailable, live sessions run eagerly: %s", err)
+                return
+            self.live_step = step
+            self.live_step_status = "ready"
+
+        threading.Thread(target=build, name="tutti-live-step", daemon=True).start()
 
     def limiters(self) -> tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]:
         """Thread limits (created lazily, inside the event loop): live frames, HTTP streams."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -258,3 +259,27 @@ def test_cli_serve_refuses_bad_settings(capsys) -> None:
     assert args.port == 3001 and args.overrides == ["limits.max_live_sessions=3"]
     assert main(["serve", "batching.max_batch_size=1"]) == 2  # refused before BentoML starts
     assert "batching.max_batch_size" in capsys.readouterr().err
+
+
+def test_live_step_failure_leaves_sessions_eager(engine: Engine, presets, monkeypatch) -> None:
+    """A worker whose compiled live step cannot be built (e.g. no C++ compiler) says why in
+    ``live_step`` and serves live sessions eagerly."""
+    import serving.runtime as runtime_module
+
+    def no_compiler(model, cache_dir=None):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(runtime_module.CompiledStep, "build", no_compiler)
+    cfg = load_config(overrides=["streaming.compiled_live=true"])
+    rt = runtime_module.Runtime(cfg, presets, engine)
+    rt.start_live_step()
+    for _ in range(100):
+        if rt.live_step_status != "building":
+            break
+        time.sleep(0.05)
+    assert rt.live_step_status == "failed: RuntimeError: no C++ compiler found"
+    assert rt.live_step is None
+    off = runtime_module.Runtime(load_config(overrides=["streaming.compiled_live=false"]),
+                                 presets, engine)
+    off.start_live_step()
+    assert off.live_step_status == "off" and off.live_step is None

@@ -51,7 +51,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """Base URL of a ``bentoml serve serving.service:Tutti`` with small test limits."""
     tmp = tmp_path_factory.mktemp("serving")
     conf = tmp / "serving.yaml"
-    conf.write_text(TEST_CONFIG)
+    # The compiled live step builds cold (about a minute, in the background) into this run's
+    # own cache: the live tests wait for it.
+    conf.write_text(TEST_CONFIG + f"streaming: {{compiled_cache: {tmp / 'compiled'}}}\n")
     port = _free_port()
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", TUTTI_SERVING_CONFIG=str(conf),
                TUTTI_SERVING_OVERRIDES="", BENTOML_HOME=str(tmp / "bentoml"))
@@ -317,6 +319,12 @@ def _live(server: str, params: dict, frames: list[np.ndarray], end: bool = True
 
 
 def test_live_any_frame_size_matches_offline(server: str, causal_model) -> None:
+    """Through the compiled live step (built in the background since the server started)."""
+    deadline = time.monotonic() + 300
+    while (status := _stats(server)["live_step"]) == "building":
+        assert time.monotonic() < deadline, "the compiled live step took over 300 s"
+        time.sleep(1)
+    assert status == "ready", status
     x = _tone(0.5, seed=7) * 0.05
     sizes = [1, 3, 127, 128, 220, 500, 4096, 7, 1000]
     frames, start = [], 0

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from model.apply import Request
 from model.hearing_aid import HearingAid
-from model.streaming import Streamer
+from model.streaming import CompiledStep, Streamer, _cache_key, settled_state
 from model.tutti import TuttiConfig, TuttiModel
 from tests.test_model import SMALL
 
@@ -63,3 +65,99 @@ def test_hearing_aid_stream_matches_forward() -> None:
 def test_noncausal_model_is_refused() -> None:
     with pytest.raises(ValueError, match="needs a causal model"):
         Streamer(TuttiModel(TuttiConfig(causal=False, **SMALL)), _request())
+
+
+SLOTTED = dict(SMALL, slot_gains=True, slot_bands=8, slot_gate=True, slot_spectral=16,
+               slot_context=3, gain_smooth_ms=10.0)
+"""The shipped causal model's branches (slot gains, their spectral MLP, gain smoothing), small."""
+
+
+def _slotted_model() -> TuttiModel:
+    torch.manual_seed(0)
+    model = TuttiModel(TuttiConfig(causal=True, **SLOTTED)).eval()
+    for module in (model.decoder[-1].up.proj, model.slot_head, model.head):
+        torch.nn.init.normal_(module.weight, std=0.05)
+    with torch.no_grad():
+        model.slot_scale.fill_(0.1)
+    return model
+
+
+def _stream(streamer: Streamer, x: np.ndarray, hops: list[int]) -> np.ndarray:
+    outs, start, i = [], 0, 0
+    while start < x.shape[1]:
+        hop = min(hops[i % len(hops)], x.shape[1] - start)
+        outs.append(streamer.process(x[:, start : start + hop]))
+        start, i = start + hop, i + 1
+    outs.append(streamer.flush())
+    return np.concatenate(outs, axis=1)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[TuttiModel, CompiledStep, str]:
+    """A small slotted model and its compiled step (AOTInductor: about a minute, cold)."""
+    model = _slotted_model()
+    cache = str(tmp_path_factory.mktemp("compiled"))
+    return model, CompiledStep.build(model, cache), cache
+
+
+def test_slot_padding_is_exact() -> None:
+    """A stream started with its slot request padded to every slot gives the same output."""
+    model = _slotted_model()
+    request = _request()
+    x = (0.02 * np.random.default_rng(3).standard_normal((2, 4096))).astype(np.float32)
+    gains, presence, listener = request.tensors()
+    mixture = torch.from_numpy(x)[None]
+    with torch.no_grad():
+        plain, _ = model.remix_aligned(mixture, gains, presence, listener)
+        padded, _ = model.remix_aligned(mixture, gains, presence, listener,
+                                        model.stream_state(gains, presence, 12))
+    assert padded.shape == plain.shape
+    assert torch.equal(padded, plain)
+
+
+def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
+    model, step, _ = compiled
+    x = (0.02 * np.random.default_rng(4).standard_normal((2, 30_000))).astype(np.float32)
+    hops = [220, 1, 219, 640, 128, 7, 300]  # one, two and five blocks at once
+    before = _stream(Streamer(model, _request()), x, hops)
+    streamer = Streamer(model, _request(), step)
+    fast = _stream(streamer, x, hops)
+    assert streamer.compiled_blocks > 150  # all but the first window + 1 blocks
+    assert fast.shape == before.shape
+    assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
+    # Building the step (tracing the model) left the eager path as it was.
+    assert np.array_equal(_stream(Streamer(model, _request()), x, hops), before)
+
+
+def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
+    model, step, cache = compiled
+    files = sorted(p.name for p in Path(cache).iterdir())
+    assert len(files) == 2 and [f[-6:] for f in files] == ["-1.pt2", "-2.pt2"]
+    again = CompiledStep.build(model, cache)  # loads: nothing new is written
+    assert sorted(p.name for p in Path(cache).iterdir()) == files
+    state = settled_state(model, _request())
+    gains, presence, _ = _request().tensors()
+    block = torch.zeros(1, 2, 2 * model.config.block)
+    out, _ = again(block, gains, presence, state)
+    ref, _ = step(block, gains, presence, state)
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match=r"takes \[1, 2\] blocks of 128 samples, got 384"):
+        step(torch.zeros(1, 2, 384), gains, presence, state)
+
+
+def test_compiled_step_key_follows_weights(compiled: tuple[TuttiModel, CompiledStep, str]
+                                           ) -> None:
+    """Weights are baked into the compiled code: changed weights get their own cache entry."""
+    model, _, _ = compiled
+    other = _slotted_model()
+    assert _cache_key(other) == _cache_key(model)
+    with torch.no_grad():
+        other.slot_scale.fill_(0.2)
+    assert _cache_key(other) != _cache_key(model)
+    other.set_inference(gain_smooth_ms=5.0)
+    assert _cache_key(other) != _cache_key(model)
+
+
+def test_compiled_step_needs_causal_cpu_model() -> None:
+    with pytest.raises(ValueError, match="needs a causal model"):
+        CompiledStep.build(TuttiModel(TuttiConfig(causal=False, **SMALL)))
