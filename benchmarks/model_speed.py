@@ -5,8 +5,9 @@ One run prints, on the same machine and load:
 1. Whole recordings (``--threads`` threads): seconds and real-time factor of the non-causal and
    causal models on a ``--seconds`` stereo clip, the network alone (remix before the hearing aid)
    and with the hearing aid.
-2. Live: the causal :class:`model.streaming.Streamer` fed 5 ms hops (220 samples) on one thread:
-   mean / p99 compute time per hop and its share of the hop.
+2. Live: the causal :class:`model.streaming.Streamer` fed 5 ms hops (220 samples) on one thread,
+   eager and with the compiled block step (:class:`model.streaming.CompiledStep`, what the
+   server uses), hop by hop in turn: mean / p99 compute time per hop and its share of the hop.
 3. The CAD2 task-2 baseline separator, pyclarity's ``ConvTasNetStereo`` with the recipe's
    ``conf.yml`` (random weights: only the architecture matters for time), run as the recipe runs
    it (6 s segments + 10 % overlap, one model per instrument of the scene): time per second of
@@ -14,7 +15,8 @@ One run prints, on the same machine and load:
    hearing aid) per second of audio.
 
 Usage: ``python benchmarks/model_speed.py [--seconds 60] [--repeats 3] [--baseline-seconds 12]
-[--noncausal DIR] [--causal DIR]`` (model folders; default: the shipped ``models/*``).
+[--noncausal DIR] [--causal DIR] [--compiled-cache DIR]`` (model folders; default: the shipped
+``models/*``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.apply import Request, hearing_aid, load_model, remix  # noqa: E402
-from model.streaming import Streamer  # noqa: E402
+from model.streaming import CompiledStep, Streamer  # noqa: E402
 
 HOP = 220
 """Live hop: 5 ms at 44.1 kHz."""
@@ -72,23 +74,34 @@ def whole(x: np.ndarray, repeats: int, seconds: float,
     return per_second
 
 
-def live(x: np.ndarray, folder: Path) -> None:
-    """Per-hop compute of the causal Streamer on one thread."""
+def live(x: np.ndarray, folder: Path, cache: Path | None) -> None:
+    """Per-hop compute of the causal Streamer on one thread, eager and with the compiled block
+    step, hop by hop in turn on the same input (the machine's drift hits both alike)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(folder)
-    streamer = Streamer(model, _request())
-    times = []
+    t0 = time.perf_counter()
+    step = CompiledStep.build(model, cache)
+    print(f"compiled live step: ready in {time.perf_counter() - t0:.1f} s "
+          f"({'cache ' + str(cache) if cache else 'no cache'})")
+    streamers = {"eager": Streamer(model, _request()),
+                 "compiled": Streamer(model, _request(), step)}
+    times: dict[str, list[float]] = {name: [] for name in streamers}
     for start in range(0, x.shape[1] - HOP, HOP):
-        t0 = time.perf_counter()
-        streamer.process(x[:, start : start + HOP])
-        times.append(time.perf_counter() - t0)
+        for name, streamer in streamers.items():
+            t0 = time.perf_counter()
+            streamer.process(x[:, start : start + HOP])
+            times[name].append(time.perf_counter() - t0)
     torch.set_num_threads(threads)
-    t = np.array(times[20:]) * 1000  # skip warm-up hops
     hop_ms = 1000 * HOP / 44100
-    print(f"live causal, 1 thread, {HOP}-sample hops ({hop_ms:.2f} ms): mean {t.mean():.2f} ms "
-          f"({100 * t.mean() / hop_ms:.0f} % of the hop), p99 {np.percentile(t, 99):.2f} ms, "
-          f"{len(t)} hops")
+    means = {}
+    for name, values in times.items():
+        t = np.array(values[100:]) * 1000  # skip warm-up hops (and the eager settling ones)
+        means[name] = t.mean()
+        print(f"live causal {name}, 1 thread, {HOP}-sample hops ({hop_ms:.2f} ms): mean "
+              f"{t.mean():.2f} ms ({100 * t.mean() / hop_ms:.0f} % of the hop), p99 "
+              f"{np.percentile(t, 99):.2f} ms, {len(t)} hops")
+    print(f"compiled / eager per hop: {means['compiled'] / means['eager']:.2f}")
 
 
 def baseline(seconds: float, tutti_per_second: dict[str, float]) -> None:
@@ -127,6 +140,9 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=12.0)
     parser.add_argument("--noncausal", type=Path, default=ROOT / "models" / "noncausal")
     parser.add_argument("--causal", type=Path, default=ROOT / "models" / "causal")
+    parser.add_argument("--compiled-cache", type=Path,
+                        default=Path("~/.cache/tutti/compiled").expanduser(),
+                        help="where compiled live steps are kept (the serving default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -136,7 +152,7 @@ def main() -> None:
     folders = {"noncausal": args.noncausal, "causal": args.causal}
     print("models: " + ", ".join(f"{k} {v}" for k, v in folders.items()))
     per_second = whole(x, args.repeats, args.seconds, folders)
-    live(x[:, : 20 * 44100], args.causal)
+    live(x[:, : 20 * 44100], args.causal, args.compiled_cache)
     baseline(args.baseline_seconds, per_second)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -133,7 +134,8 @@ def _compile(program: torch.export.ExportedProgram, path: Path | None) -> Path:
 def _cache_key(model: TuttiModel) -> str:
     """Digest of what a compiled step bakes in: weights, config, torch version, format."""
     digest = hashlib.sha256(f"{_FORMAT} {torch.__version__}".encode())
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -156,6 +156,9 @@ def test_compiled_step_key_follows_weights(compiled: tuple[TuttiModel, CompiledS
     assert _cache_key(other) != _cache_key(model)
     other.set_inference(gain_smooth_ms=5.0)
     assert _cache_key(other) != _cache_key(model)
+    other = _slotted_model()
+    other.config._name_or_path = "/somewhere/else"  # where it was loaded from does not count
+    assert _cache_key(other) == _cache_key(model)
 
 
 def test_compiled_step_needs_causal_cpu_model() -> None:
