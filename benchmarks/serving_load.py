@@ -8,7 +8,9 @@ batching setting), then
    counts, RSS of each worker process before and after;
 2. live: M WebSocket sessions send 44.1 kHz stereo float32 frames of one hop (5 ms = 220
    samples) at real-time pace for ``--live-seconds``: p99 frame round trip (frame sent ->
-   its processed frame back) and late frames (round trip over one hop, and over 20 ms).
+   its processed frame back) and late frames (round trip over one hop, and over 20 ms),
+   through the compiled live step when the config builds one (the server is used once it is
+   ready; ``streaming.compiled_live=false`` as an override: eager).
 
 Usage: ``python benchmarks/serving_load.py [--clients 4] [--seconds 60] [--sessions 2]
 [--batching both|on|off]``. Loopback only; bounded in time and count. Client and server
@@ -72,6 +74,16 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        # Live figures with the compiled live step when the config builds one.
+        while self.live_step() == "building":
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"compiled live step not built in time; see {log}")
+            time.sleep(1)
+
+    def live_step(self) -> str:
+        """The worker's compiled live step state (GET /stats)."""
+        return str(httpx.get(f"{self.url}/stats", timeout=5).json().get("live_step"))
 
     def workers(self) -> dict[str, float]:
         """RSS (MB) of each BentoML worker process, by service name."""
@@ -246,6 +258,7 @@ def main() -> None:
             print(f"batching {mode}: {json.dumps(figures)}", flush=True)
             if mode == modes[-1] and args.sessions:
                 live = live_load(server.url, args.sessions, args.live_seconds, args.hop_ms)
+                live["live_step"] = server.live_step()
                 report["live"] = live
                 print(f"live: {json.dumps(live)}", flush=True)
         finally:

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont; do
+# g++: torch's AOTInductor builds the compiled live step (model/streaming.py) at run time.
+for pkg in libfluidsynth3 fluid-soundfont-gm musescore-general-soundfont g++; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
