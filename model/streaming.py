@@ -36,7 +36,12 @@ STEP_BLOCKS = (1, 2)
 """Block counts compiled: a 5 ms hop (220 samples) completes one or two 128-sample blocks;
 longer input runs as several calls."""
 
-_FORMAT = "tutti-stream-step-1"
+EAGER_BLOCKS = 8
+"""From this many blocks at once (a client's long frame, a server catching up) the eager network
+is as fast per block as the compiled calls (it spreads its per-call cost over the blocks): a
+settled stream runs them in one eager call."""
+
+_FORMAT = "tutti-stream-step-2"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 
@@ -65,7 +70,10 @@ class _BlockStep(nn.Module):
 
     def forward(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                 state: dict) -> tuple[Tensor, dict]:
-        return self.model.remix(mixture, gains_db, presence, None, state)  # type: ignore[arg-type]
+        out, state = self.model.remix(mixture, gains_db, presence, None, state)  # type: ignore
+        # The next call takes this state as laid out at export: contiguous, copied in the graph
+        # (a copy per tensor from Python would cost a call and a GIL hand-over each).
+        return out, _contiguous(state)
 
 
 class CompiledStep:
@@ -227,8 +235,12 @@ class Streamer:
 
     @torch.no_grad()
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._settled:
+        if self._settled and x.shape[1] < EAGER_BLOCKS * self.block:
             mixed = self._run_compiled(x)
+        elif self._settled:  # the compiled step's state, without the (drained) output delay
+            mixed, state = self.model.remix(torch.from_numpy(x)[None], self.gains,
+                                            self.presence, self.listener, self._state)
+            self._state = _contiguous(state)
         else:
             mixed, state = self.model.remix_aligned(
                 torch.from_numpy(x)[None], self.gains, self.presence, self.listener,
@@ -236,8 +248,9 @@ class Streamer:
             # Settled: the state's shapes no longer change and the output delay has drained.
             self._settled = (self.step is not None and state["skip"] == 0
                              and _shapes(state) == _shapes(self._state))
-            if self._settled:
+            if self._settled:  # from here on the state is the compiled step's (contiguous)
                 del state["skip"]
+                state = _contiguous(state)
             self._state = state
         mixed = mixed[0].double().numpy()
         y, self._ha_state = self.model.hearing_aid.stream(
@@ -253,8 +266,7 @@ class Streamer:
         size = self.block * self.step.max_blocks
         for start in range(0, x.shape[1], size):
             piece = torch.from_numpy(np.ascontiguousarray(x[:, start : start + size]))[None]
-            out, self._state = self.step(piece, self.gains, self.presence,
-                                         _contiguous(self._state))
+            out, self._state = self.step(piece, self.gains, self.presence, self._state)
             self.compiled_blocks += piece.shape[-1] // self.block
             parts.append(out)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -53,7 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     conf = tmp / "serving.yaml"
     # The compiled live step builds cold (about a minute, in the background) into this run's
     # own cache: the live tests wait for it.
-    conf.write_text(TEST_CONFIG + f"streaming: {{compiled_cache: {tmp / 'compiled'}}}\n")
+    conf.write_text(TEST_CONFIG + "streaming: {compiled_live: true, compiled_cache: "
+                    f"{tmp / 'compiled'}}}\n")
     port = _free_port()
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", TUTTI_SERVING_CONFIG=str(conf),
                TUTTI_SERVING_OVERRIDES="", BENTOML_HOME=str(tmp / "bentoml"))
