@@ -27,8 +27,9 @@ class FiLM(nn.Module):
         self._memo: tuple | None = None
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        # A stream passes the same ``cond`` every block: project it once. Not in a compiled
-        # graph (the memo's identity check would become a guard): there the projection is fused.
+        # A stream passes the same ``cond`` every block: project it once. Not while tracing a
+        # compiled step (torch.export): the memo would keep traced placeholders; there the
+        # projection goes into the graph.
         memo = None if torch.compiler.is_compiling() else self._memo
         if memo is not None and memo[0] is cond and not torch.is_grad_enabled():
             scale, shift = memo[1]

@@ -9,7 +9,7 @@ block, plus the filterbank's synthesis overlap); the caller's hop adds its own w
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
 time (``torch.export`` + AOTInductor, one shared library per block count): about 2.3x faster
 than eager per block, whose time is mostly the launch cost of a few hundred small operations.
-Compiling takes about 25 s per block count and needs a C++ compiler, so a server builds the step
+Compiling takes about 15 s per block count and needs a C++ compiler, so a server builds the step
 once at start (:meth:`CompiledStep.build`, cached on disk by model and torch version). A
 stream's first blocks run eagerly while its state grows (the attention's key cache fills over
 ``config.window`` blocks); the output is the same either way (to float rounding).
@@ -89,7 +89,7 @@ class CompiledStep:
 
     @classmethod
     def build(cls, model: TuttiModel, cache_dir: str | Path | None = None) -> CompiledStep:
-        """Export and compile ``model``'s step (about 25 s per block count on a CPU; raises
+        """Export and compile ``model``'s step (about 15 s per block count on a CPU; raises
         what the compiler raises, e.g. with no C++ compiler), or load it from ``cache_dir``
         (``{key}-{n}.pt2``, written atomically; None: no cache)."""
         if not model.config.causal:
