@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from model.apply import Request
 from model.tutti import Listener, TuttiModel
@@ -152,24 +153,12 @@ def _cache_key(model: TuttiModel) -> str:
 
 def _contiguous(state: object) -> object:
     """A state with every tensor contiguous (the layout a compiled step was built for)."""
-    if isinstance(state, torch.Tensor):
-        return state.contiguous()
-    if isinstance(state, dict):
-        return {key: _contiguous(value) for key, value in state.items()}
-    if isinstance(state, tuple):
-        return tuple(_contiguous(value) for value in state)
-    return state
+    return tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
 
 
 def _shapes(state: object) -> object:
-    """Nested tensor shapes of a state."""
-    if isinstance(state, torch.Tensor):
-        return tuple(state.shape)
-    if isinstance(state, dict):
-        return {key: _shapes(value) for key, value in state.items() if key != "skip"}
-    if isinstance(state, (tuple, list)):
-        return tuple(_shapes(value) for value in state)
-    return None
+    """Nested tensor shapes of a state (other leaves, e.g. the ``skip`` count: None)."""
+    return tree_map(lambda t: tuple(t.shape) if isinstance(t, Tensor) else None, state)
 
 
 class Streamer:
