@@ -181,8 +181,13 @@ class Streamer:
         self._settled = False
         self._pending = np.zeros((2, 0), dtype=np.float32)
         self._state: dict | None = None
-        if step is not None:  # the shapes the step was built for: slot request of all slots
-            self._state = model.stream_state(self.gains, self.presence, len(model.config.slots))
+        # The compiled step takes the slot request padded to every slot (one shape for every
+        # request); eager calls keep the stream's own, which costs less the fewer slots it has.
+        self._slot_requests: tuple | None = None
+        if step is not None and model.config.slot_gains:
+            self._slot_requests = (
+                model.slot_request(self.gains, self.presence),
+                model.slot_request(self.gains, self.presence, len(model.config.slots)))
         self._ha_state = None
         self._fed = 0
         self._emitted = 0
@@ -228,12 +233,12 @@ class Streamer:
             mixed = self._run_compiled(x)
         elif self._settled:  # the compiled step's state, without the (drained) output delay
             mixed, state = self.model.remix(torch.from_numpy(x)[None], self.gains,
-                                            self.presence, self.listener, self._state)
+                                            self.presence, self.listener, self._with_slots(0))
             self._state = _contiguous(state)
         else:
             mixed, state = self.model.remix_aligned(
                 torch.from_numpy(x)[None], self.gains, self.presence, self.listener,
-                self._state)
+                self._with_slots(0))
             # Settled: the state's shapes no longer change and the output delay has drained.
             self._settled = (self.step is not None and state["skip"] == 0
                              and _shapes(state) == _shapes(self._state))
@@ -247,6 +252,12 @@ class Streamer:
         self._emitted += y.shape[1]
         return y.astype(np.float32)
 
+    def _with_slots(self, padded: int) -> dict | None:
+        """The state with the stream's own (0) or the padded (1) slot request."""
+        if self._state is None or self._slot_requests is None:
+            return self._state
+        return {**self._state, "slot_request": self._slot_requests[padded]}
+
     def _run_compiled(self, x: np.ndarray) -> Tensor:
         """``x (2, n blocks)`` through the compiled step, up to ``step.max_blocks`` blocks per
         call; its remix ``(1, 2, n blocks)``."""
@@ -255,7 +266,8 @@ class Streamer:
         size = self.block * self.step.max_blocks
         for start in range(0, x.shape[1], size):
             piece = torch.from_numpy(np.ascontiguousarray(x[:, start : start + size]))[None]
-            out, self._state = self.step(piece, self.gains, self.presence, self._state)
+            out, self._state = self.step(piece, self.gains, self.presence,
+                                         self._with_slots(1))
             self.compiled_blocks += piece.shape[-1] // self.block
             parts.append(out)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
