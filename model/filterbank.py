@@ -17,6 +17,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+FEW_FRAMES = 8
+"""Frames per call up to which :meth:`LowDelaySTFT.synthesise` multiplies by a basis
+instead of taking an inverse FFT (a streamed block is two frames of the causal layout)."""
+
 
 def low_delay_windows(window: int, synthesis: int) -> tuple[Tensor, Tensor]:
     """Analysis and synthesis windows ``(window,)`` (float64).
@@ -68,10 +72,34 @@ class LowDelaySTFT(nn.Module):
         self.register_buffer("analysis_window", analysis.float())
         # Persistent: transformers' loader leaves non-persistent buffers uninitialised.
         self.register_buffer("synthesis_window", synth[window - synthesis :].float())
+        self._basis: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @property
     def bins(self) -> int:
         return self.window // 2 + 1
+
+    def synthesis_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(2 * bins, synthesis)``: the last ``synthesis`` samples of the inverse real FFT
+        of a frame, times the synthesis window, as a matrix acting on the frame's interleaved
+        real and imaginary parts (what :func:`torch.fft.irfft` does to them, imaginary parts
+        of the DC and Nyquist bins ignored). Kept per dtype and device; tracing a compiled step
+        (torch.export) reads it (a constant of the graph) but never keeps one it made (a
+        traced placeholder)."""
+        key = (dtype, device)
+        tracing = torch.compiler.is_compiling()
+        if key not in self._basis:
+            n = torch.arange(self.window - self.synthesis, self.window, dtype=torch.float64)
+            k = torch.arange(self.bins, dtype=torch.float64)
+            weight = torch.full((self.bins, 1), 2.0, dtype=torch.float64)
+            weight[0] = weight[-1] = 1.0
+            phase = 2 * math.pi * k[:, None] * n[None] / self.window
+            scale = weight * self.synthesis_window.double().cpu() / self.window
+            basis = torch.stack([torch.cos(phase) * scale, -torch.sin(phase) * scale], dim=1)
+            basis = basis.flatten(0, 1).to(dtype=dtype, device=device)
+            if tracing:
+                return basis
+            self._basis[key] = basis
+        return self._basis[key]
 
     def analyse(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Spectra ``(B, C, T / hop, bins)`` of ``x (B, C, T)``; state: past input samples."""
@@ -90,10 +118,17 @@ class LowDelaySTFT(nn.Module):
 
     def synthesise(self, spectra: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Signal ``(B, C, frames * hop)`` delayed by :attr:`delay`, from spectra
-        ``(B, C, frames, bins)``; state: the last frame's overlapping half ``(B, C, hop)``."""
+        ``(B, C, frames, bins)``; state: the last frame's overlapping half ``(B, C, hop)``.
+
+        A few frames of a short synthesis window (a streamed block) are one product with
+        :meth:`synthesis_basis`; longer runs are an inverse FFT of the whole window."""
         h = self.hop
-        frames = torch.fft.irfft(spectra, n=self.window)[..., self.window - self.synthesis :]
-        frames = frames * self.synthesis_window.to(frames.dtype)
+        if spectra.shape[-2] <= FEW_FRAMES and self.synthesis * 4 <= self.window:
+            basis = self.synthesis_basis(spectra.real.dtype, spectra.device)
+            frames = torch.view_as_real(spectra).flatten(-2) @ basis
+        else:
+            frames = torch.fft.irfft(spectra, n=self.window)[..., self.window - self.synthesis :]
+            frames = frames * self.synthesis_window.to(frames.dtype)
         first, second = frames[..., :h], frames[..., h:]
         if state is None:
             state = first.new_zeros(*first.shape[:-2], h)

@@ -10,25 +10,30 @@ With a :class:`CompiledStep` the network's settled blocks run through code compi
 time (``torch.export`` + AOTInductor, one shared library per block count): about 2.3x faster
 than eager per block, whose time is mostly the launch cost of a few hundred small operations.
 Compiling takes about 15 s per block count and needs a C++ compiler, so a server builds the step
-once at start (:meth:`CompiledStep.build`, cached on disk by model and torch version). A
+once at start (:meth:`CompiledStep.build`, cached on disk by model, torch version and CPU). A
 stream's first blocks run eagerly while its state grows (the attention's key cache fills over
-``config.window`` blocks); the output is the same either way (to float rounding).
+``config.window`` blocks), then every block runs compiled; the output is the same either way (to
+float rounding). A compiled call holds no GIL (:class:`StepLibrary`), so concurrent streams
+compute in parallel; an eager block, a few hundred operations that each take the GIL again, is
+what suffers when threads compete for it.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import json
 import os
+import platform
 import tempfile
-from collections.abc import Callable
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec_loads
 
 from model.apply import Request
 from model.tutti import Listener, TuttiModel
@@ -37,12 +42,7 @@ STEP_BLOCKS = (1, 2)
 """Block counts compiled: a 5 ms hop (220 samples) completes one or two 128-sample blocks;
 longer input runs as several calls."""
 
-EAGER_BLOCKS = 8
-"""From this many blocks at once (a client's long frame, a server catching up) the eager network
-is as fast per block as the compiled calls (it spreads its per-call cost over the blocks): a
-settled stream runs them in one eager call."""
-
-_FORMAT = "tutti-stream-step-2"
+_FORMAT = "tutti-stream-step-3"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 
@@ -77,22 +77,94 @@ class _BlockStep(nn.Module):
         return out, _contiguous(state)
 
 
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
+                                                                        ctypes.c_char_p]
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype, _capsule_new.argtypes = ctypes.py_object, [ctypes.c_void_p,
+                                                                 ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _capsule(pointer: int | None) -> object:
+    """A nameless capsule of ``pointer`` (how torch's AOTI bindings pass tensor handles)."""
+    return _capsule_new(pointer, None, None)
+
+
+class StepLibrary:
+    """One compiled step: an AOTInductor shared library called through its C interface.
+
+    ``ctypes`` releases the GIL for the call, so other Python threads (the server's event
+    loop, other live sessions) run meanwhile; torch's own loader holds the GIL for the whole
+    call. ``concurrency``: calls that may run at once (model instances in the library's
+    container; more callers wait for one). The graph must need no operator outside the AOTI C
+    shim (no proxy executor is passed).
+    """
+
+    def __init__(self, path: str | Path, concurrency: int = 2) -> None:
+        self._lib = lib = ctypes.CDLL(str(path))
+        self._handle = ctypes.c_void_p()
+        self._check(lib.AOTInductorModelContainerCreateWithDevice(
+            ctypes.byref(self._handle), ctypes.c_size_t(concurrency), b"cpu", None), "load")
+        counts = ctypes.c_size_t(), ctypes.c_size_t()
+        self._check(lib.AOTInductorModelContainerGetNumInputs(self._handle,
+                                                              ctypes.byref(counts[0])), "inputs")
+        self._check(lib.AOTInductorModelContainerGetNumOutputs(self._handle,
+                                                               ctypes.byref(counts[1])), "outputs")
+        self.num_inputs, self.num_outputs = counts[0].value, counts[1].value
+        specs = ctypes.c_char_p(), ctypes.c_char_p()
+        self._check(lib.AOTInductorModelContainerGetCallSpec(
+            self._handle, ctypes.byref(specs[0]), ctypes.byref(specs[1])), "call spec")
+        self._in_spec = treespec_loads((specs[0].value or b"").decode())
+        self._out_spec = treespec_loads((specs[1].value or b"").decode())
+
+    def _check(self, code: int, what: str) -> None:
+        if code != 0:
+            message = ctypes.c_char_p()
+            self._lib.AOTInductorGetLastError(ctypes.byref(message))
+            raise RuntimeError(f"compiled step ({what}) failed: "
+                               f"{(message.value or b'').decode(errors='replace')}")
+
+    def __call__(self, *args: object) -> object:
+        """The step on ``args`` (the exported module's inputs), outputs as exported."""
+        leaves = [x for x in tree_flatten((args, {}))[0] if isinstance(x, Tensor)]
+        if len(leaves) != self.num_inputs:
+            raise ValueError(f"compiled step takes {self.num_inputs} tensors, got {len(leaves)}")
+        # New tensor handles (capsules of at::Tensor pointers), stolen by the call.
+        handles = torch._C._aoti.unsafe_alloc_void_ptrs_from_tensors(leaves)
+        inputs = (ctypes.c_void_p * len(leaves))(*(_capsule_pointer(h, None) for h in handles))
+        outputs = (ctypes.c_void_p * self.num_outputs)()
+        self._check(self._lib.AOTInductorModelContainerRun(
+            self._handle, inputs, ctypes.c_size_t(len(leaves)), outputs,
+            ctypes.c_size_t(self.num_outputs), None, None), "run")
+        tensors = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
+            [_capsule(p) for p in outputs])
+        return tree_unflatten(tensors, self._out_spec)
+
+    def __del__(self) -> None:
+        lib, handle = getattr(self, "_lib", None), getattr(self, "_handle", None)
+        if lib is not None and handle:
+            lib.AOTInductorModelContainerDelete(handle)
+
+
 class CompiledStep:
     """The causal network's step ``(mixture (1, 2, n * block), gains (1, S), presence (1, S),
     state) -> (remix (1, 2, n * block), state)`` for a settled stream (:func:`settled_state`),
-    compiled ahead of time for each ``n`` in :data:`STEP_BLOCKS`. Weights and config are baked
-    in: build it again after changing either (the cache key covers both)."""
+    compiled ahead of time for each ``n`` in :data:`STEP_BLOCKS` (a :class:`StepLibrary`
+    each). Weights and config are baked in: build it again after changing either (the cache key
+    covers both)."""
 
-    def __init__(self, runners: dict[int, Callable], block: int) -> None:
+    def __init__(self, runners: dict[int, StepLibrary], block: int) -> None:
         self.runners = runners
         self.block = block
         self.max_blocks = max(runners)
 
     @classmethod
-    def build(cls, model: TuttiModel, cache_dir: str | Path | None = None) -> CompiledStep:
+    def build(cls, model: TuttiModel, cache_dir: str | Path | None = None,
+              concurrency: int = 2) -> CompiledStep:
         """Export and compile ``model``'s step (about 15 s per block count on a CPU; raises
         what the compiler raises, e.g. with no C++ compiler), or load it from ``cache_dir``
-        (``{key}-{n}.pt2``, written atomically; None: no cache)."""
+        (``{key}-{n}.so``, written atomically; None: a temporary folder). ``concurrency``:
+        :class:`StepLibrary`'s."""
         if not model.config.causal:
             raise ValueError("a compiled stream step needs a causal model")
         device = next(model.parameters()).device
@@ -105,17 +177,23 @@ class CompiledStep:
                                      present=[model.config.slots[0]])
         gains, presence, _ = request.tensors()
         state = settled_state(model, request)
-        key = _cache_key(model) if cache_dir is not None else ""
+        folder = Path(cache_dir) if cache_dir is not None else Path(
+            tempfile.mkdtemp(prefix="tutti-step-"))
+        key = _cache_key(model)
         runners = {}
         for blocks in STEP_BLOCKS:
-            path = Path(cache_dir) / f"{key}-{blocks}.pt2" if cache_dir is not None else None
-            if path is None or not path.exists():
+            path = folder / f"{key}-{blocks}.so"
+            if not path.exists():
                 mixture = torch.zeros(1, 2, blocks * model.config.block)
                 with torch.no_grad():
+                    # One eager step of this size first: the model's memos of constant
+                    # matrices then hold this size's, and the graph reads them as constants.
+                    _BlockStep(model)(mixture, gains, presence, tree_map(
+                        lambda t: t.clone() if isinstance(t, Tensor) else t, state))
                     program = torch.export.export(_BlockStep(model).eval(),
                                                   (mixture, gains, presence, state), strict=False)
-                path = _compile(program, path)
-            runners[blocks] = torch._inductor.aoti_load_package(str(path))
+                _compile(program, path)
+            runners[blocks] = StepLibrary(path, concurrency)
         return cls(runners, model.config.block)
 
     def __call__(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
@@ -124,31 +202,46 @@ class CompiledStep:
         if runner is None or mixture.shape[-1] % self.block:
             raise ValueError(f"a compiled step takes {sorted(self.runners)} blocks of "
                              f"{self.block} samples, got {mixture.shape[-1]} samples")
-        return runner(mixture, gains_db, presence, state)
+        return runner(mixture, gains_db, presence, state)  # type: ignore[return-value]
 
 
-def _compile(program: torch.export.ExportedProgram, path: Path | None) -> Path:
-    """AOTInductor package of ``program`` at ``path`` (atomic), or in a temporary folder."""
-    if path is None:
-        folder = Path(tempfile.mkdtemp(prefix="tutti-step-"))
-        return Path(torch._inductor.aoti_compile_and_package(
-            program, package_path=str(folder / "step.pt2")))
+def _compile(program: torch.export.ExportedProgram, path: Path) -> None:
+    """Compile ``program`` with AOTInductor; its shared library to ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial.pt2")
-    torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
+    with tempfile.TemporaryDirectory(prefix="tutti-step-") as tmp:
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(Path(tmp) / "step.pt2"))
+        with zipfile.ZipFile(package) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".so")]
+            if len(names) != 1:
+                raise RuntimeError(f"compiled package holds {len(names)} shared libraries")
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            with archive.open(names[0]) as src, open(partial, "wb") as dst:
+                dst.write(src.read())
     os.replace(partial, path)
-    return path
 
 
 def _cache_key(model: TuttiModel) -> str:
-    """Digest of what a compiled step bakes in: weights, config, torch version, format."""
-    digest = hashlib.sha256(f"{_FORMAT} {torch.__version__}".encode())
+    """Digest of what a compiled step bakes in: weights, config, torch version, format, the
+    CPU it is compiled for (``-march=native``) and torch's thread count (its loops' team)."""
+    digest = hashlib.sha256(f"{_FORMAT} {torch.__version__} {platform.machine()} "
+                            f"{torch.backends.cpu.get_cpu_capability()} {_cpu_flags()} "
+                            f"{torch.get_num_threads()}".encode())
     config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 def _contiguous(state: object) -> object:
@@ -229,12 +322,8 @@ class Streamer:
 
     @torch.no_grad()
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._settled and x.shape[1] < EAGER_BLOCKS * self.block:
+        if self._settled:
             mixed = self._run_compiled(x)
-        elif self._settled:  # the compiled step's state, without the (drained) output delay
-            mixed, state = self.model.remix(torch.from_numpy(x)[None], self.gains,
-                                            self.presence, self.listener, self._with_slots(0))
-            self._state = _contiguous(state)
         else:
             mixed, state = self.model.remix_aligned(
                 torch.from_numpy(x)[None], self.gains, self.presence, self.listener,

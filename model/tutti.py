@@ -524,9 +524,10 @@ class TuttiModel(PreTrainedModel):
         # times faster than conv1d over frames, and one small product for a streamed block.
         size = min(n, 64)
         key = (size, taps, decay, x.dtype, x.device)
-        # A stream reuses the matrix; tracing a compiled step (torch.export) neither reads nor
-        # keeps it (it would keep a traced placeholder): the graph folds it to a constant.
-        band_memo = None if torch.compiler.is_compiling() else self._smooth_band
+        # A stream reuses the matrix. Tracing a compiled step (torch.export) reads it (the graph
+        # then holds it as a constant) but never keeps one it made: that would be a traced
+        # placeholder.
+        band_memo = self._smooth_band
         if band_memo is None or band_memo[0] != key:
             kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=x.dtype,
                                            device=x.device)  # oldest frame first

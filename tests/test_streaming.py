@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +120,13 @@ def test_slot_padding_is_exact() -> None:
 def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, _ = compiled
     x = (0.02 * np.random.default_rng(4).standard_normal((2, 30_000))).astype(np.float32)
-    hops = [220, 1, 219, 640, 128, 7, 300, 1500]  # 1, 2, 5 blocks (compiled), 11 (eager)
+    hops = [220, 1, 219, 640, 128, 7, 300, 1500]  # 0 to 11 blocks at a time
     before = _stream(Streamer(model, _request()), x, hops)
     streamer = Streamer(model, _request(), step)
     fast = _stream(streamer, x, hops)
-    assert streamer.compiled_blocks > 80  # the hops of up to 5 blocks after the first window
+    # Every block after the first window (the state grows over it) runs compiled.
+    settle = model.config.window + 2
+    assert streamer.compiled_blocks >= x.shape[1] // model.config.block - settle - 12
     assert fast.shape == before.shape
     assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
     # Building the step (tracing the model) left the eager path as it was.
@@ -132,7 +136,7 @@ def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep,
 def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, cache = compiled
     files = sorted(p.name for p in Path(cache).iterdir())
-    assert len(files) == 2 and [f[-6:] for f in files] == ["-1.pt2", "-2.pt2"]
+    assert len(files) == 2 and [f[-5:] for f in files] == ["-1.so", "-2.so"]
     again = CompiledStep.build(model, cache)  # loads: nothing new is written
     assert sorted(p.name for p in Path(cache).iterdir()) == files
     state = settled_state(model, _request())
@@ -148,6 +152,40 @@ def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> 
     assert all(t.is_contiguous() for t in leaves)
     with pytest.raises(ValueError, match=r"takes \[1, 2\] blocks of 128 samples, got 384"):
         step(torch.zeros(1, 2, 384), gains, presence, state)
+
+
+def test_compiled_call_releases_the_gil(compiled: tuple[TuttiModel, CompiledStep, str]
+                                        ) -> None:
+    """While one thread loops on compiled calls, another Python thread keeps running (a call
+    that held the GIL, as torch's own loader does, left it about 5 % of its pace here)."""
+    model, step, _ = compiled
+    state = settled_state(model, _request())
+    gains, presence, _ = _request().tensors()
+    block = torch.zeros(1, 2, 2 * model.config.block)
+    stop = threading.Event()
+    calls = [0]
+
+    def call() -> None:
+        while not stop.is_set():
+            step(block, gains, presence, state)
+            calls[0] += 1
+
+    def pace(seconds: float) -> float:
+        count, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            count += 1
+        return count / seconds
+
+    alone = pace(0.3)
+    thread = threading.Thread(target=call)
+    thread.start()
+    try:
+        shared = pace(0.6)
+    finally:
+        stop.set()
+        thread.join()
+    assert calls[0] > 0
+    assert shared > 0.3 * alone, (shared, alone)
 
 
 def test_compiled_step_key_follows_weights(compiled: tuple[TuttiModel, CompiledStep, str]
