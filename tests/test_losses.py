@@ -11,6 +11,7 @@ from training.losses import (
     RemixLoss,
     band_level_error,
     compressed_spectrum_loss,
+    envelope_cepstrum_loss,
     erb_band_matrix,
     long_term_band_db,
     long_term_spectrum_loss,
@@ -82,11 +83,11 @@ def test_band_levels_keep_batch_and_channels() -> None:
 
 def test_remix_loss_terms() -> None:
     loss = RemixLoss([1024, 256], [256, 64], [1024, 256], w_compressed=5.0, w_sisdr=1.0,
-                     w_long_term=1.0)
+                     w_long_term=1.0, w_envelope=1.0)
     target = _tone(440, 0.1) + _tone(1500, 0.02)
     same = loss(target, target)
     assert set(same) == {"mrstft", "sum_diff", "l1", "neg_sisdr", "compressed", "long_term",
-                         "total"}
+                         "envelope", "total"}
     assert same["total"].item() < -5  # the SI-SDR term rewards a perfect estimate
     worse = loss(_tone(440, 0.1), target)  # one instrument missing
     assert worse["total"].item() > 0.1 and worse["compressed"].item() > 0.05
@@ -174,3 +175,34 @@ def test_capped_si_sdr_keeps_near_exact_estimates_from_swamping_the_gradient() -
     (near_c, near_pull_c), (typical_c, typical_pull_c) = pull(80, 30.0), pull(15, 30.0)
     assert near_c <= 30.0 and typical_c == pytest.approx(typical, abs=0.2)
     assert near_pull_c < typical_pull_c
+
+
+def _alternating(level_low: torch.Tensor, level_high: torch.Tensor) -> torch.Tensor:
+    """Two notes (300 Hz and 2.5 kHz partials) whose amplitudes follow the given envelopes
+    ``(T,)``: the balance between the low and the high band moves over time."""
+    t = torch.arange(level_low.shape[-1]) / SR
+    x = (level_low * torch.sin(2 * math.pi * 300 * t)
+         + level_high * torch.sin(2 * math.pi * 2500 * t))
+    return torch.stack([x, 0.9 * x])[None]
+
+
+def test_envelope_cepstrum_loss_follows_the_moving_balance() -> None:
+    """Zero for the target itself; small for a fixed gain or EQ of it (correlations ignore
+    the mean; only what sinks under the target's floor changes); large when the balance moves
+    against the target's; gradients are finite."""
+    bands = erb_band_matrix(1024, SR)
+    t = torch.arange(SR) / SR
+    slow = 0.5 + 0.45 * torch.sin(2 * math.pi * 3 * t)
+    target = _alternating(0.05 * slow, 0.02 * (1.0 - slow))
+    assert envelope_cepstrum_loss(target, target, bands).item() < 1e-4
+    assert envelope_cepstrum_loss(3 * target, target, bands).item() < 0.05
+    eq = _alternating(0.1 * slow, 0.01 * (1.0 - slow))  # louder lows, softer highs, all along
+    steady = _alternating(0.05 * torch.full_like(t, 0.5), 0.02 * torch.full_like(t, 0.5))
+    reversed_ = _alternating(0.05 * (1.0 - slow), 0.02 * slow)
+    fixed_eq, flat, wrong = (envelope_cepstrum_loss(x, target, bands).item()
+                             for x in (eq, steady, reversed_))
+    assert fixed_eq < flat / 3 and flat > 0.3 and wrong > 1.0 > flat
+    estimate = steady.clone().requires_grad_(True)
+    envelope_cepstrum_loss(estimate, target, bands).backward()
+    assert estimate.grad is not None and torch.isfinite(estimate.grad).all()
+    assert estimate.grad.abs().max() > 0

@@ -5,6 +5,8 @@ All take ``(B, 2, T)`` estimate and target (the remix before the hearing aid, ab
 
 from __future__ import annotations
 
+import math
+
 import auraloss
 import torch
 import torch.nn.functional as F
@@ -69,6 +71,42 @@ def long_term_spectrum_loss(estimate: Tensor, target: Tensor, bands: Tensor,
     finer bands (README, headroom)."""
     return band_level_error(long_term_band_db(estimate, bands), long_term_band_db(target, bands),
                             range_db) / 10.0
+
+
+def envelope_cepstrum_loss(estimate: Tensor, target: Tensor, bands: Tensor, orders: int = 5,
+                           range_db: float = 60.0, active_db: float = 40.0) -> Tensor:
+    """1 - the mean correlation over time of the band-envelope cepstra of estimate and target
+    ``(B, C, T)``: a differentiable stand-in for HAAQI's ``cephigh``.
+
+    Per channel, the power of each STFT frame (Hann; ``bands`` as in :func:`erb_band_matrix`,
+    whose rows set the size; hop a quarter of it) in ERB bands, in dB floored ``range_db`` below
+    the target's loudest band-frame; the cosine transform across bands, orders 1 to ``orders``
+    (order 0, the overall level, left out, like HAAQI's high cepstral correlation); each order's
+    correlation over the frames where the target is within ``active_db`` of its loudest frame.
+    HAAQI's nonlinear term, three quarters of it this correlation cubed, holds most of the
+    headroom left above the shipped non-causal model (README, session 19).
+    """
+    n_fft = 2 * (bands.shape[0] - 1)
+    window = torch.hann_window(n_fft, device=estimate.device, dtype=estimate.dtype)
+
+    def band_db(x: Tensor) -> Tensor:
+        power = magnitude_stft(x.flatten(0, 1), n_fft, n_fft // 4, window, 1e-20).square()
+        return 10 * torch.log10(bands.T @ power + 1e-20)  # (B * C, bands, frames)
+
+    est, tgt = band_db(estimate), band_db(target)
+    floor = tgt.detach().amax(dim=(1, 2), keepdim=True) - range_db
+    est, tgt = torch.maximum(est, floor), torch.maximum(tgt, floor)
+    k = bands.shape[1]
+    j = torch.arange(1, orders + 1, device=est.device, dtype=est.dtype)[:, None]
+    basis = torch.cos(math.pi * j * (torch.arange(k, device=est.device) + 0.5) / k)
+    ce, ct = basis @ est, basis @ tgt  # (B * C, orders, frames)
+    level = 10 * torch.log10((10 ** (tgt.detach() / 10)).sum(1))  # (B * C, frames)
+    active = (level >= level.amax(-1, keepdim=True) - active_db).to(est.dtype)[:, None]
+    count = active.sum(-1, keepdim=True).clamp(min=1.0)
+    ce = (ce - (ce * active).sum(-1, keepdim=True) / count) * active
+    ct = (ct - (ct * active).sum(-1, keepdim=True) / count) * active
+    corr = (ce * ct).sum(-1) / torch.sqrt((ce**2).sum(-1) * (ct**2).sum(-1) + 1e-6)
+    return 1.0 - corr.mean()
 
 
 def slot_weight_loss(log_weights: Tensor, stem_power: Tensor) -> Tensor:
@@ -144,7 +182,8 @@ class RemixLoss(nn.Module):
     hears them. ``w_compressed`` adds :func:`compressed_spectrum_loss`; ``w_sisdr`` adds the
     negative SI-SDR (dB / 10, soft-limited to ``sisdr_max_db``: :func:`si_sdr`);
     ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10) on
-    ``long_term_bands`` ERB bands; ``w_slot_weights`` adds :func:`slot_weight_loss` (the
+    ``long_term_bands`` ERB bands; ``w_envelope`` adds :func:`envelope_cepstrum_loss` (32 ERB
+    bands); ``w_slot_weights`` adds :func:`slot_weight_loss` (the
     ``slot_gains`` head's weights against the stems' shares, passed to :meth:`forward`).
     ``w_log_mag`` weights auraloss's log-magnitude term against
     its spectral convergence: measured, a model trained with full log-magnitude weight spends
@@ -157,7 +196,8 @@ class RemixLoss(nn.Module):
                  w_hearing_aid: float = 0.0, w_compressed: float = 0.0,
                  w_sisdr: float = 0.0, sisdr_max_db: float | None = None,
                  w_log_mag: float = 1.0, w_long_term: float = 0.0,
-                 long_term_bands: int = 32, w_slot_weights: float = 0.0,
+                 long_term_bands: int = 32, w_envelope: float = 0.0,
+                 w_slot_weights: float = 0.0,
                  sample_rate: int = 44100, eps: float = 1e-5) -> None:
         super().__init__()
         self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths,
@@ -171,8 +211,11 @@ class RemixLoss(nn.Module):
         self.w_compressed, self.w_sisdr = w_compressed, w_sisdr
         self.sisdr_max_db = sisdr_max_db
         self.w_long_term = w_long_term
+        self.w_envelope = w_envelope
         self.w_slot_weights = w_slot_weights
         self.register_buffer("bands", erb_band_matrix(4096, sample_rate, long_term_bands),
+                             persistent=False)
+        self.register_buffer("envelope_bands", erb_band_matrix(1024, sample_rate),
                              persistent=False)
 
     def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None,
@@ -195,6 +238,9 @@ class RemixLoss(nn.Module):
         if self.w_long_term > 0:
             terms["long_term"] = long_term_spectrum_loss(estimate, target, self.bands)
             total = total + self.w_long_term * terms["long_term"]
+        if self.w_envelope > 0:
+            terms["envelope"] = envelope_cepstrum_loss(estimate, target, self.envelope_bands)
+            total = total + self.w_envelope * terms["envelope"]
         if self.w_hearing_aid > 0 and hearing_aid is not None:
             terms["hearing_aid"] = self.mrstft(hearing_aid(estimate), hearing_aid(target))
             total = total + self.w_hearing_aid * terms["hearing_aid"]

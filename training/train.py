@@ -375,7 +375,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "neg_sisdr",
               "compressed", "hearing_aid", "long_term", "slot_weights",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
-              "valid_haaqi")
+              "valid_haaqi", "envelope")
 
 
 def _log(path: Path, row: dict) -> None:
