@@ -111,10 +111,9 @@ class StepLibrary:
         self._check(lib.AOTInductorModelContainerGetNumOutputs(self._handle,
                                                                ctypes.byref(counts[1])), "outputs")
         self.num_inputs, self.num_outputs = counts[0].value, counts[1].value
-        specs = ctypes.c_char_p(), ctypes.c_char_p()
+        specs = ctypes.c_char_p(), ctypes.c_char_p()  # input and output tree structures
         self._check(lib.AOTInductorModelContainerGetCallSpec(
             self._handle, ctypes.byref(specs[0]), ctypes.byref(specs[1])), "call spec")
-        self._in_spec = treespec_loads((specs[0].value or b"").decode())
         self._out_spec = treespec_loads((specs[1].value or b"").decode())
 
     def _check(self, code: int, what: str) -> None:
