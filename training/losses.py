@@ -47,13 +47,20 @@ def erb_band_matrix(n_fft: int, sample_rate: int, bands: int = 32, fmin: float =
     return out
 
 
-def long_term_band_db(x: Tensor, bands: Tensor) -> Tensor:
-    """Long-term average power ``(B, C, bands)`` in dB of ``x (B, C, T)``, summed in ``bands``
-    (:func:`erb_band_matrix`, whose rows set the Hann STFT's size; hop a quarter of it)."""
+def band_power(x: Tensor, bands: Tensor) -> Tensor:
+    """Power ``(B * C, bands, frames)`` of each STFT frame of ``x (B, C, T)`` summed in
+    ``bands`` (:func:`erb_band_matrix`, whose rows set the Hann STFT's size; hop a quarter of
+    it)."""
     n_fft = 2 * (bands.shape[0] - 1)
     window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
     power = magnitude_stft(x.flatten(0, 1), n_fft, n_fft // 4, window, 1e-20).square()
-    return 10 * torch.log10(power.mean(-1) @ bands + 1e-20).unflatten(0, x.shape[:2])
+    return bands.T @ power
+
+
+def long_term_band_db(x: Tensor, bands: Tensor) -> Tensor:
+    """Long-term average power ``(B, C, bands)`` in dB of ``x (B, C, T)``: the mean over frames
+    of :func:`band_power`."""
+    return 10 * torch.log10(band_power(x, bands).mean(-1) + 1e-20).unflatten(0, x.shape[:2])
 
 
 def band_level_error(estimate_db: Tensor, target_db: Tensor, range_db: float = 50.0) -> Tensor:
@@ -78,22 +85,14 @@ def envelope_cepstrum_loss(estimate: Tensor, target: Tensor, bands: Tensor, orde
     """1 - the mean correlation over time of the band-envelope cepstra of estimate and target
     ``(B, C, T)``: a differentiable stand-in for HAAQI's ``cephigh``.
 
-    Per channel, the power of each STFT frame (Hann; ``bands`` as in :func:`erb_band_matrix`,
-    whose rows set the size; hop a quarter of it) in ERB bands, in dB floored ``range_db`` below
+    Per channel, the :func:`band_power` of each frame in dB, floored ``range_db`` below
     the target's loudest band-frame; the cosine transform across bands, orders 1 to ``orders``
     (order 0, the overall level, left out, like HAAQI's high cepstral correlation); each order's
     correlation over the frames where the target is within ``active_db`` of its loudest frame.
     HAAQI's nonlinear term, three quarters of it this correlation cubed, holds most of the
     headroom left above the shipped non-causal model (README, session 19).
     """
-    n_fft = 2 * (bands.shape[0] - 1)
-    window = torch.hann_window(n_fft, device=estimate.device, dtype=estimate.dtype)
-
-    def band_db(x: Tensor) -> Tensor:
-        power = magnitude_stft(x.flatten(0, 1), n_fft, n_fft // 4, window, 1e-20).square()
-        return 10 * torch.log10(bands.T @ power + 1e-20)  # (B * C, bands, frames)
-
-    est, tgt = band_db(estimate), band_db(target)
+    est, tgt = (10 * torch.log10(band_power(x, bands) + 1e-20) for x in (estimate, target))
     floor = tgt.detach().amax(dim=(1, 2), keepdim=True) - range_db
     est, tgt = torch.maximum(est, floor), torch.maximum(tgt, floor)
     k = bands.shape[1]
