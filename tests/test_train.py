@@ -131,6 +131,25 @@ def test_train_only_the_named_parameters(cad2_root: Path, tmp_path: Path) -> Non
         trainable_parameters(build_model(load_config(CONF)), ["transformer", "decoder9"])
 
 
+def test_frozen_parameters_stay_fixed(cad2_root: Path, tmp_path: Path) -> None:
+    """``train.frozen`` keeps the named parts (here the slot gate's scale) exactly as they
+    started while everything else trains."""
+    from safetensors.torch import load_file
+
+    first, tuned = _fine_tune(cad2_root, tmp_path, 2, "model.slot_gains=true",
+                              "model.slot_gate=true", "loss.w_slot_weights=1.0", "optim.lr=0.01",
+                              "train.frozen=[slot_scale,encoder.0.]")
+    start = load_file(str(first / "best" / "model.safetensors"))
+    end = load_file(str(tuned / "checkpoint" / "model.safetensors"))
+    moved = {k for k in start if not torch.equal(start[k], end[k])}
+    assert "transformer.0.attn.qkv.weight" in moved
+    assert not any(k.startswith("encoder.0.") for k in moved), moved
+    assert not end["slot_scale"].any()  # the new gate starts at 0 and stays there
+    assert end["slot_head.weight"].abs().max() > 0  # its head trained on the slot KL
+    with pytest.raises(ValueError, match=r"train.frozen: no parameter .* \['gate'\]"):
+        trainable_parameters(build_model(load_config(CONF)), None, ["gate"])
+
+
 def test_slot_gain_head_fine_tune(cad2_root: Path, tmp_path: Path) -> None:
     """A slot-gain head fine-tuned on its KL term from a plain model: ``init_skip`` keeps the
     old per-bin head at its (zero) init, and the new term is logged."""

@@ -52,21 +52,23 @@ def build_model(cfg: DictConfig) -> TuttiModel:
     return TuttiModel(TuttiConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
 
 
-def trainable_parameters(model: TuttiModel, prefixes: list[str] | None) -> list[nn.Parameter]:
-    """The parameters to optimise: those whose name starts with one of ``prefixes`` (None: all).
+def trainable_parameters(model: TuttiModel, prefixes: list[str] | None,
+                         frozen: list[str] | None = None) -> list[nn.Parameter]:
+    """The parameters to optimise: those whose name starts with one of ``prefixes`` (None: all)
+    and with none of ``frozen`` (e.g. ``slot_scale``: a gate fixed at export stays fixed).
 
     The rest are frozen (``requires_grad`` off), so a fine-tune of a new head keeps the network
     it starts from. Raises when a prefix names no parameter.
     """
-    if not prefixes:
-        return list(model.parameters())
     named = dict(model.named_parameters())
-    unused = [p for p in prefixes if not any(n.startswith(p) for n in named)]
-    if unused:
-        raise ValueError(f"train.trainable: no parameter of this model starts with {unused}")
+    for option, given in (("trainable", prefixes), ("frozen", frozen)):
+        unused = [p for p in given or () if not any(n.startswith(p) for n in named)]
+        if unused:
+            raise ValueError(f"train.{option}: no parameter of this model starts with {unused}")
     chosen = []
     for name, param in named.items():
-        param.requires_grad_(any(name.startswith(p) for p in prefixes))
+        param.requires_grad_((not prefixes or name.startswith(tuple(prefixes)))
+                             and not name.startswith(tuple(frozen or ())))
         if param.requires_grad:
             chosen.append(param)
     return chosen
@@ -277,7 +279,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 
     model = build_model(cfg).to(device)
     loss_fn = RemixLoss(**OmegaConf.to_container(cfg.loss, resolve=True)).to(device)
-    params = trainable_parameters(model, cfg.train.get("trainable"))
+    params = trainable_parameters(model, cfg.train.get("trainable"), cfg.train.get("frozen"))
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
