@@ -429,7 +429,7 @@ class TuttiModel(PreTrainedModel):
             if internals is not None:
                 internals["slot_log_weights"] = log_weights
         if cfg.gain_smooth_ms > 0:
-            log_gain, new_state["smooth"] = self._smooth(log_gain, state.get("smooth"))
+            log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
         gain = self.gain(log_gain)
         out, new_state["fb_out"] = self.filterbank.synthesise(apply_gain(spectra, gain),
                                                               state.get("fb_out"))
@@ -504,6 +504,15 @@ class TuttiModel(PreTrainedModel):
         if self.config.slot_bands:
             log_gain = log_gain @ self.slot_band_to_bin
         return log_gain, log_w
+
+    def _smooth_gains(self, log_gain: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``log_gain (B, 2, frames, bins)`` smoothed over frames (``gain_smooth_ms``): causal,
+        :meth:`_smooth` (a stream carries its state); non-causal, that window forwards and
+        then backwards over the chunk, so the gains do not lag the music (zero phase)."""
+        out, state = self._smooth(log_gain, state)
+        if not self.config.causal:
+            out = self._smooth(out.flip(2), None)[0].flip(2)
+        return out, state
 
     def _smooth(self, log_gain: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """``log_gain (B, 2, frames, bins)`` smoothed over frames by a causal exponential

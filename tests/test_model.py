@@ -176,6 +176,28 @@ def test_gain_smoothing_keeps_steady_gains_and_lags_steps() -> None:
     assert torch.allclose(out, reference, atol=1e-5)
 
 
+def test_non_causal_gain_smoothing_has_zero_phase() -> None:
+    """Non-causal, the window runs forwards and backwards: a constant passes unchanged, an
+    impulse spreads symmetrically around its frame and a step is smoothed without lag (half
+    way at the step); causal, it is the one-sided window alone."""
+    config = dict(SMALL, gain_smooth_ms=10.0)
+    model = TuttiModel(TuttiConfig(causal=False, **config))
+    steady = torch.full((1, 2, 50, 5), -0.3)
+    assert torch.allclose(model._smooth_gains(steady, None)[0], steady, atol=1e-6)
+    impulse = torch.zeros(1, 2, 81, 5)
+    impulse[:, :, 40] = 1.0
+    out = model._smooth_gains(impulse, None)[0][0, 0, :, 0]
+    assert torch.allclose(out, out.flip(0), atol=1e-6) and out.argmax() == 40
+    assert 0 < out[40] < 0.5 and out[30] > 0  # spread over the frames on both sides
+    step = torch.zeros(1, 2, 80, 5)
+    step[:, :, 40:] = 1.0
+    out = model._smooth_gains(step, None)[0][0, 0, :, 0]
+    assert torch.allclose(out[40:50] + out[30:40].flip(0), torch.ones(10), atol=1e-5)
+    assert torch.all(out.diff() >= -1e-6) and 0.3 < out[39] < 0.5 < out[40] < 0.7
+    causal = TuttiModel(TuttiConfig(causal=True, **config))
+    assert torch.equal(causal._smooth_gains(step, None)[0], causal._smooth(step, None)[0])
+
+
 def test_present_slots_pads_with_absent_ones() -> None:
     presence = torch.zeros(3, len(SLOTS))
     presence[0, [2, 5, 9]] = 1
