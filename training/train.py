@@ -8,6 +8,7 @@ files in ``conf/`` read with OmegaConf; a ``base:`` key names a file the config 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -30,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from model.cad2 import scenes_file
 from model.tutti import TuttiConfig, TuttiModel, present_slots
 from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
+from training.ema import WeightAverage
 from training.losses import RemixLoss, si_sdr
 
 hf_logging.disable_progress_bar()
@@ -110,11 +112,14 @@ def _batch(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Optimizer,
-                    state: dict) -> None:
-    """Write model (safetensors + config.json), optimizer tensors and loop state; atomic swap."""
+                    state: dict, ema: WeightAverage | None = None) -> None:
+    """Write model (safetensors + config.json), optimizer tensors, the weight average
+    (``ema.safetensors``, when kept) and loop state; atomic swap."""
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.state.items()}, str(tmp / "ema.safetensors"))
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, entry in opt["state"].items():
@@ -136,9 +141,15 @@ def save_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Opti
         old.rmdir()
 
 
-def load_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer from :func:`save_checkpoint`; returns the loop state."""
+def load_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Optimizer,
+                    ema: WeightAverage | None = None) -> dict:
+    """Restore model, optimizer and weight average from :func:`save_checkpoint`; returns the
+    loop state. A checkpoint written without an average starts it from the weights."""
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if ema is not None:
+        saved = folder / "ema.safetensors"
+        ema.load(load_file(str(saved)) if saved.is_file()
+                 else {k: v for k, v in model.state_dict().items() if k in ema.state})
     meta = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "optimizer.safetensors"))
     state: dict = {}
@@ -226,10 +237,23 @@ def _haaqi_root(roots: list[str], split: str) -> str | None:
 
 
 def validate_and_keep_best(model: TuttiModel, loss_fn: RemixLoss, valid: list, cfg: DictConfig,
-                           roots: list[str], state: dict, run_dir: Path) -> dict[str, float]:
+                           roots: list[str], state: dict, run_dir: Path,
+                           ema: WeightAverage | None = None) -> dict[str, float]:
     """Validate (loss, SI-SDR, optional HAAQI) and save ``run_dir/best`` when the score chosen by
     ``train.select_by`` improves: ``loss`` (lowest validation loss) or ``haaqi`` (highest
-    validation HAAQI)."""
+    validation HAAQI). With a weight average, the average is what is scored and saved, and
+    ``valid_loss_raw`` is the last step's own weights' loss."""
+    if ema is None:
+        return _validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir)
+    raw = validate(model, loss_fn, valid, int(cfg.optim.batch_size))["valid_loss"]
+    with ema.applied(model):
+        row = _validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir)
+    return {**row, "valid_loss_raw": raw}
+
+
+def _validate_and_keep_best(model: TuttiModel, loss_fn: RemixLoss, valid: list,
+                            cfg: DictConfig, roots: list[str], state: dict,
+                            run_dir: Path) -> dict[str, float]:
     row = validate(model, loss_fn, valid, int(cfg.optim.batch_size))
     haaqi_pairs = int(cfg.train.get("valid_haaqi_pairs", 0))
     haaqi_root = _haaqi_root(roots, cfg.data.valid_split) if haaqi_pairs else None
@@ -284,14 +308,19 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
                                   betas=tuple(cfg.optim.betas),
                                   weight_decay=cfg.optim.weight_decay)
     state = {"step": 0, "best_valid_loss": float("inf"), "examples": 0}
+    decay = float(cfg.train.get("ema_decay", 0.0))
+    # the weight average lives on rank 0, which validates and saves
+    ema = WeightAverage(model, decay) if decay > 0 and rank == 0 else None
     if (ckpt / "state.json").is_file():
-        state.update(load_checkpoint(ckpt, model, optimizer))
+        state.update(load_checkpoint(ckpt, model, optimizer, ema))
     elif cfg.train.get("init_from"):  # fine-tune: start from a saved model's weights
         init = Path(os.path.expanduser(str(cfg.train.init_from)))
         weights = load_file(str(init / "model.safetensors"))
         skip = tuple(cfg.train.get("init_skip") or ())
         weights = {k: v for k, v in weights.items() if not (skip and k.startswith(skip))}
         model.load_state_dict(transferable(model, weights, init), strict=False)
+        if ema is not None:
+            ema.load({k: v for k, v in model.state_dict().items() if k in ema.state})
     net = DistributedDataParallel(model) if distributed else model
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
@@ -316,7 +345,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     start_time = time.time()
     if valid is not None and state["step"] == 0 and cfg.train.get("init_from"):
         # the starting point of a fine-tune: logged as step 0, and "best" is never worse
-        row = validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir)
+        row = validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir, ema)
         _log(log_path, {"step": 0, "lr": 0.0, "minutes": 0.0, **row})
     max_minutes = float(cfg.train.max_minutes)
     bar = tqdm(total=int(cfg.optim.max_steps), initial=state["step"], disable=rank != 0 or
@@ -344,6 +373,8 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         terms["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         state["step"] = step = step + 1
         state["examples"] += int(cfg.optim.batch_size)
         for k, v in terms.items():
@@ -358,16 +389,18 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
             running = {}
             bar.set_postfix(loss=f"{row['total']:.3f}")
         if valid is not None and step % int(cfg.train.valid_every) == 0:
-            row.update(validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir))
+            row.update(validate_and_keep_best(model, loss_fn, valid, cfg, roots, state, run_dir,
+                                              ema))
         if row:
             _log(log_path, {"step": step, "lr": lr_at(step - 1, cfg),
                             "minutes": (time.time() - start_time) / 60, **row})
         if step % int(cfg.train.checkpoint_every) == 0:
-            save_checkpoint(ckpt, model, optimizer, state)
+            save_checkpoint(ckpt, model, optimizer, state, ema)
     if rank == 0:
-        save_checkpoint(ckpt, model, optimizer, state)
+        save_checkpoint(ckpt, model, optimizer, state, ema)
         if valid is not None and not (run_dir / "best").exists():
-            model.save_pretrained(run_dir / "best", safe_serialization=True)
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                model.save_pretrained(run_dir / "best", safe_serialization=True)
     bar.close()
     if distributed:
         dist.barrier()
@@ -377,7 +410,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "neg_sisdr",
               "compressed", "hearing_aid", "long_term", "slot_weights",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
-              "valid_haaqi", "envelope")
+              "valid_haaqi", "envelope", "valid_loss_raw")
 
 
 def _log(path: Path, row: dict) -> None:
