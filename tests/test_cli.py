@@ -105,6 +105,39 @@ def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys
     assert "the model has no slot gains" in capsys.readouterr().err
 
 
+def test_export_picks_the_run_weights_asked_for(tmp_path: Path, capsys) -> None:
+    """`tutti export RUN --weights best|last|last-average` copies ``RUN/best``, the checkpoint's
+    own weights or its weight average (``ema.safetensors``); asking a model folder, or a run
+    without an average, for checkpoint weights is an error that writes nothing."""
+    from safetensors.torch import save_file
+
+    from model.apply import load_model
+
+    run = tmp_path / "run"
+    models = {}
+    for seed, (name, folder) in enumerate((("best", "best"), ("last", "checkpoint"),
+                                           ("last-average", "average"))):
+        torch.manual_seed(seed)
+        models[name] = TuttiModel(TuttiConfig(**SMALL))
+        models[name].save_pretrained(run / folder)
+    average = {k: v for k, v in models["last-average"].state_dict().items()
+               if v.dtype.is_floating_point}
+    save_file(average, str(run / "checkpoint" / "ema.safetensors"))
+    for name, model in models.items():
+        assert main(["export", str(run), "--out", str(tmp_path / name), "--weights", name]) == 0
+        exported = load_model(tmp_path / name).state_dict()
+        assert all(torch.equal(v, exported[k]) for k, v in model.state_dict().items()), name
+    (run / "checkpoint" / "ema.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--weights",
+                 "last-average"]) == 2
+    assert "ema.safetensors is missing" in capsys.readouterr().err
+    assert main(["export", str(run / "best"), "--out", str(tmp_path / "x"), "--weights",
+                 "last"]) == 2
+    assert "has no checkpoint/" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_gives_a_model_without_a_gate_one(tmp_path: Path) -> None:
     """`--slot-gate 1` on a slot-gain model without a gate changes no output; 0.5 halves the
     slot log-gain, so the output changes."""

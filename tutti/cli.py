@@ -156,7 +156,22 @@ def _train(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from model.apply import load_model
 
-    model = load_model(args.run / "best" if (args.run / "best").is_dir() else args.run)
+    run, which = args.run, args.weights
+    is_run = (run / "best").is_dir() or (run / "checkpoint").is_dir()
+    if which != "best" and not (run / "checkpoint").is_dir():
+        raise ValueError(f"--weights {which}: {run} has no checkpoint/ (not a training run)")
+    folder = run / ("best" if which == "best" else "checkpoint") if is_run else run
+    model = load_model(folder)
+    if which == "last-average":
+        average = folder / "ema.safetensors"
+        if not average.is_file():
+            raise ValueError(f"--weights last-average: {average} is missing (train.ema_decay "
+                             "was 0)")
+        from safetensors.torch import load_file
+
+        unexpected = model.load_state_dict(load_file(str(average)), strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{average} does not fit the model: {unexpected[:3]}")
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -258,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("export", help="copy a run's best model to a model folder")
+    p = sub.add_parser("export", help="copy a run's model (best by default) to a model folder")
     p.add_argument("run", type=Path, help="run folder (or a model folder)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--slot-gate", type=float, default=None,
@@ -266,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "replaced; a model without a gate gets one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference-time settings: gain_smooth_ms, slot_mean_order")
+    p.add_argument("--weights", choices=("best", "last", "last-average"), default="best",
+                   help="which weights of a run: best (lowest validation loss; the weight "
+                        "average when kept), last (the checkpoint's own) or last-average (the "
+                        "checkpoint's weight average)")
     p.set_defaults(func=_export)
 
     # --- serving -------------------------------------------------------------------------
