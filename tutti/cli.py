@@ -157,21 +157,25 @@ def _export(args: argparse.Namespace) -> None:
     from model.apply import load_model
 
     run, which = args.run, args.weights
-    is_run = (run / "best").is_dir() or (run / "checkpoint").is_dir()
-    if which != "best" and not (run / "checkpoint").is_dir():
-        raise ValueError(f"--weights {which}: {run} has no checkpoint/ (not a training run)")
-    folder = run / ("best" if which == "best" else "checkpoint") if is_run else run
+    if which == "best":
+        folder = run / "best" if (run / "best").is_dir() else run
+    else:
+        folder = run / "checkpoint"
+        if not folder.is_dir():
+            raise ValueError(f"--weights {which}: {run} has no checkpoint/ (not a training run)")
     model = load_model(folder)
     if which == "last-average":
-        average = folder / "ema.safetensors"
-        if not average.is_file():
-            raise ValueError(f"--weights last-average: {average} is missing (train.ema_decay "
-                             "was 0)")
         from safetensors.torch import load_file
 
-        unexpected = model.load_state_dict(load_file(str(average)), strict=False).unexpected_keys
-        if unexpected:
-            raise ValueError(f"{average} does not fit the model: {unexpected[:3]}")
+        from training.ema import WeightAverage
+
+        saved = folder / "ema.safetensors"
+        if not saved.is_file():
+            raise ValueError(f"--weights last-average: {saved} is missing (train.ema_decay "
+                             "was 0)")
+        average = WeightAverage(model, 0.0)
+        average.load(load_file(str(saved)))  # raises unless it fits the model
+        model.load_state_dict(average.state, strict=False)
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
