@@ -58,6 +58,21 @@ def apply_gain(spectra: Tensor, gain: Tensor) -> Tensor:
     return torch.view_as_complex(torch.view_as_real(spectra) * gain.unsqueeze(-1))
 
 
+def minimum_phase(log_magnitude: Tensor, n: int) -> Tensor:
+    """Complex minimum-phase gain ``(..., n / 2 + 1)`` with magnitude ``exp(log_magnitude)``
+    (natural log, ``(..., n / 2 + 1)`` bins of an ``n``-point FFT), by folding the real cepstrum.
+
+    A real (zero-phase) gain's impulse response is symmetric about 0; in the low-delay
+    filterbank its anti-causal half lands on the tapered start of the analysis window and is
+    lost, which smears the gain over frequency. The minimum-phase response is causal and
+    front-loaded, so the frame applies nearly the requested magnitude; look-ahead is unchanged.
+    """
+    cepstrum = torch.fft.irfft(log_magnitude, n=n)
+    fold = torch.ones(n // 2 + 1, dtype=cepstrum.dtype, device=cepstrum.device)
+    fold[1 : (n + 1) // 2] = 2.0  # positive quefrencies doubled, negative ones dropped
+    return torch.exp(torch.fft.rfft(cepstrum[..., : n // 2 + 1] * fold, n=n))
+
+
 class LowDelaySTFT(nn.Module):
     """Analysis ``(B, C, T) -> (B, C, T / hop, window / 2 + 1)`` complex and gain-synthesis.
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
-from model.filterbank import LowDelaySTFT, apply_gain, power_spectrum
+from model.filterbank import LowDelaySTFT, apply_gain, minimum_phase, power_spectrum
 from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
 from model.layers import (
     DecoderLayer,
@@ -67,6 +67,7 @@ class TuttiConfig(PretrainedConfig):
         slot_context: int = 1,
         slot_mean_order: float = 2.0,
         gain_smooth_ms: float = 0.0,
+        min_phase: bool = False,
         dim: int = 128,
         heads: int = 4,
         ffn: int = 256,
@@ -94,6 +95,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_context = int(slot_context)
         self.slot_mean_order = float(slot_mean_order)
         self.gain_smooth_ms = float(gain_smooth_ms)
+        self.min_phase = bool(min_phase)
         self.dim = dim
         self.heads = heads
         self.ffn = ffn
@@ -169,7 +171,7 @@ class Listener:
     makeup_db: Tensor
 
 
-INFERENCE_SETTINGS = ("gain_smooth_ms", "slot_mean_order")
+INFERENCE_SETTINGS = ("gain_smooth_ms", "slot_mean_order", "min_phase")
 """Config settings that no weight depends on: a saved model's may change without training."""
 
 
@@ -307,7 +309,11 @@ class TuttiModel(PreTrainedModel):
                              f"{', '.join(INFERENCE_SETTINGS)})")
         old = {k: getattr(self.config, k) for k in settings}
         for key, value in settings.items():
-            setattr(self.config, key, float(value))
+            if isinstance(old[key], bool) and float(value) not in (0.0, 1.0):
+                raise ValueError(f"{key} is on or off (1 or 0), got {value}")
+        for key, value in settings.items():
+            kind = bool if isinstance(old[key], bool) else float
+            setattr(self.config, key, kind(float(value)))
         try:
             _check_inference_settings(self.config)
         except ValueError:
@@ -430,9 +436,11 @@ class TuttiModel(PreTrainedModel):
                 internals["slot_log_weights"] = log_weights
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
-        gain = self.gain(log_gain)
-        out, new_state["fb_out"] = self.filterbank.synthesise(apply_gain(spectra, gain),
-                                                              state.get("fb_out"))
+        if cfg.min_phase:
+            masked = spectra * minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window)
+        else:
+            masked = apply_gain(spectra, self.gain(log_gain))
+        out, new_state["fb_out"] = self.filterbank.synthesise(masked, state.get("fb_out"))
         return out * level[:, None, None], new_state  # synthesis is linear: level last
 
     def slot_request(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1,
@@ -567,10 +575,15 @@ class TuttiModel(PreTrainedModel):
         counts = count + torch.arange(1, n + 1, device=x.device, dtype=x.dtype)
         return (sums / counts).transpose(1, 2), (sums[..., -1], count + n)
 
+    @staticmethod
+    def log_gain_limit(log_gain: Tensor) -> Tensor:
+        """The head's log-gain ``(B, 2, frames, bins)`` soft-limited to ±4 nepers (±35 dB)."""
+        return 4.0 * torch.tanh(log_gain / 4.0)
+
     def gain(self, log_gain: Tensor) -> Tensor:
         """Time-frequency gain ``(B, 2, frames, bins)`` from the head's log-gain (soft-limited
         to ±4 nepers, ±35 dB)."""
-        return torch.exp(4.0 * torch.tanh(log_gain / 4.0))
+        return torch.exp(self.log_gain_limit(log_gain))
 
     def stream_state(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1) -> dict:
         """The state that starts a stream, as ``state=None`` does in :meth:`remix_aligned`, with

@@ -84,15 +84,17 @@ def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys
     TuttiModel(TuttiConfig(causal=True, **SLOT_GATE)).save_pretrained(tmp_path / "run")
     out = tmp_path / "out"
     assert main(["export", str(tmp_path / "run"), "--out", str(out), "--slot-gate", "0.5",
-                 "--set", "gain_smooth_ms=10", "slot_mean_order=1"]) == 0
+                 "--set", "gain_smooth_ms=10", "slot_mean_order=1", "min_phase=1"]) == 0
     src, dst = load_model(tmp_path / "run"), load_model(out)
     assert (dst.config.gain_smooth_ms, dst.config.slot_mean_order) == (10.0, 1.0)
+    assert dst.config.min_phase is True
     assert 10 * dst.slot_scale.item() == pytest.approx(0.5)
     for (name, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
         assert name == "slot_scale" or torch.equal(a, b), name
     bad = {("--set", "window=3"): "not an inference-time setting: window",
            ("--set", "slot_mean_order=-1"): "slot_mean_order must be in \\[0, 4\\]",
            ("--set", "gain_smooth_ms"): "expected KEY=NUMBER",
+           ("--set", "min_phase=0.5"): "min_phase is on or off \\(1 or 0\\), got 0.5",
            ("--slot-gate", "3"): "slot gate must be in \\[0, 2\\], got 3.0"}
     for args, message in bad.items():
         capsys.readouterr()

@@ -36,11 +36,13 @@ SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
 """With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
 """With the log-gain smoothed over frames."""
+MIN_PHASE = dict(SMOOTH, min_phase=True)
+"""With the gain applied as a minimum-phase filter per frame."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE, SLOT_SPECTRAL, SMOOTH],
+                               SLOT_GATE, SLOT_SPECTRAL, SMOOTH, MIN_PHASE],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands", "slot_gate", "slot_spectral", "smooth"])
+                         "slot_bands", "slot_gate", "slot_spectral", "smooth", "min_phase"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -313,7 +315,8 @@ def test_remix_streams_with_state(layout: dict) -> None:
     assert (streamed - offline).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("layout", [SMALL, LONG_HOP], ids=["hop64", "hop512"])
+@pytest.mark.parametrize("layout", [SMALL, LONG_HOP, dict(SMALL, min_phase=True)],
+                         ids=["hop64", "hop512", "min_phase"])
 def test_unit_gain_is_the_level_adjusted_mixture(layout: dict) -> None:
     model = TuttiModel(TuttiConfig(**layout)).eval()  # fresh: the gain head starts at 0 dB
     mixture, gains, presence, audiogram, ratio, makeup = _inputs()
