@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale the slot log-gain by this (a slot_gate model's learned scale is "
                         "replaced; a model without a gate gets one)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="inference-time settings: gain_smooth_ms, slot_mean_order")
+                   help="inference-time settings: gain_smooth_ms, slot_mean_order, "
+                        "min_phase (0 or 1)")
     p.add_argument("--weights", choices=("best", "last", "last-average"), default="best",
                    help="which weights of a run: best (lowest validation loss; the weight "
                         "average when kept), last (the checkpoint's own) or last-average (the "
