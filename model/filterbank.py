@@ -58,19 +58,61 @@ def apply_gain(spectra: Tensor, gain: Tensor) -> Tensor:
     return torch.view_as_complex(torch.view_as_real(spectra) * gain.unsqueeze(-1))
 
 
+_PHASE_BASES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def minimum_phase_basis(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(bins, bins)``: the minimum phase of a log-magnitude ``L`` over the ``bins = n / 2 + 1``
+    bins of an ``n``-point FFT is ``L @ basis`` (fold the real cepstrum ``irfft(L)``: positive
+    quefrencies doubled, negative ones dropped; the phase is the imaginary part of its FFT),
+    built from cosines and sines alone, so a compiled step needs no FFT. Kept per size, dtype
+    and device, except one made while tracing (as :meth:`LowDelaySTFT.synthesis_basis`)."""
+    key = (n, dtype, device)
+    if key in _PHASE_BASES:
+        return _PHASE_BASES[key]
+    bins, half = n // 2 + 1, n // 2
+    j = torch.arange(bins, dtype=torch.float64)[:, None]
+    m = torch.arange(1, half, dtype=torch.float64)[None, :]  # the doubled quefrencies
+    cepstrum = 2 * torch.cos(2 * math.pi * j * m / n) / n  # (bins, half - 1): irfft's weights
+    cepstrum[0] /= 2
+    cepstrum[-1] /= 2
+    sine = torch.sin(2 * math.pi * m.T * j.T / n)  # (half - 1, bins)
+    basis = (-2 * cepstrum @ sine).to(dtype=dtype, device=device)
+    if not torch.compiler.is_compiling():
+        _PHASE_BASES[key] = basis
+    return basis
+
+
 def minimum_phase(log_magnitude: Tensor, n: int) -> Tensor:
-    """Complex minimum-phase gain ``(..., n / 2 + 1)`` with magnitude ``exp(log_magnitude)``
-    (natural log, ``(..., n / 2 + 1)`` bins of an ``n``-point FFT), by folding the real cepstrum.
+    """Minimum-phase gain with magnitude ``exp(log_magnitude)``: ``(..., frames, bins, 2)``
+    real and imaginary parts from a natural-log magnitude ``(..., frames, bins)`` over the
+    ``bins = n / 2 + 1`` bins of an ``n``-point FFT.
 
     A real (zero-phase) gain's impulse response is symmetric about 0; in the low-delay
     filterbank its anti-causal half lands on the tapered start of the analysis window and is
     lost, which smears the gain over frequency. The minimum-phase response is causal and
     front-loaded, so the frame applies nearly the requested magnitude; look-ahead is unchanged.
+    A few frames (a streamed block) take the phase from :func:`minimum_phase_basis`, more
+    frames from FFTs of the folded cepstrum: the same linear map.
     """
-    cepstrum = torch.fft.irfft(log_magnitude, n=n)
-    fold = torch.ones(n // 2 + 1, dtype=cepstrum.dtype, device=cepstrum.device)
-    fold[1 : (n + 1) // 2] = 2.0  # positive quefrencies doubled, negative ones dropped
-    return torch.exp(torch.fft.rfft(cepstrum[..., : n // 2 + 1] * fold, n=n))
+    if log_magnitude.shape[-2] <= FEW_FRAMES:
+        phase = log_magnitude @ minimum_phase_basis(n, log_magnitude.dtype, log_magnitude.device)
+    else:
+        cepstrum = torch.fft.irfft(log_magnitude, n=n)[..., : n // 2 + 1]
+        fold = torch.full((n // 2 + 1,), 2.0, dtype=cepstrum.dtype, device=cepstrum.device)
+        fold[0] = fold[-1] = 1.0
+        phase = torch.fft.rfft(cepstrum * fold, n=n).imag
+    magnitude = torch.exp(log_magnitude)
+    return torch.stack([magnitude * torch.cos(phase), magnitude * torch.sin(phase)], dim=-1)
+
+
+def apply_complex_gain(spectra: Tensor, gain: Tensor) -> Tensor:
+    """Complex ``spectra (...)`` times a complex ``gain`` given as real and imaginary parts
+    ``(..., 2)``, in real arithmetic (a compiled step has no complex kernels)."""
+    s = torch.view_as_real(spectra)
+    re = s[..., 0] * gain[..., 0] - s[..., 1] * gain[..., 1]
+    im = s[..., 0] * gain[..., 1] + s[..., 1] * gain[..., 0]
+    return torch.view_as_complex(torch.stack([re, im], dim=-1))
 
 
 class LowDelaySTFT(nn.Module):

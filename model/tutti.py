@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
-from model.filterbank import LowDelaySTFT, apply_gain, minimum_phase, power_spectrum
+from model.filterbank import (
+    LowDelaySTFT,
+    apply_complex_gain,
+    apply_gain,
+    minimum_phase,
+    power_spectrum,
+)
 from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
 from model.layers import (
     DecoderLayer,
@@ -437,7 +443,8 @@ class TuttiModel(PreTrainedModel):
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
         if cfg.min_phase:
-            masked = spectra * minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window)
+            masked = apply_complex_gain(
+                spectra, minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window))
         else:
             masked = apply_gain(spectra, self.gain(log_gain))
         out, new_state["fb_out"] = self.filterbank.synthesise(masked, state.get("fb_out"))

@@ -8,7 +8,13 @@ import math
 import numpy as np
 import torch
 
-from model.filterbank import LowDelaySTFT, apply_gain, minimum_phase, power_spectrum
+from model.filterbank import (
+    LowDelaySTFT,
+    apply_complex_gain,
+    apply_gain,
+    minimum_phase,
+    power_spectrum,
+)
 
 
 def _spectra() -> torch.Tensor:
@@ -58,12 +64,30 @@ def test_minimum_phase_keeps_the_magnitude_and_is_causal() -> None:
     # A smooth log-magnitude (few quefrencies): its cepstrum does not alias.
     log_mag = sum(a * torch.cos(2 * math.pi * q * f) for a, q in zip(torch.randn(12) * 0.3,
                                                                        range(12), strict=True))
-    gain = minimum_phase(log_mag.double(), n)
-    assert torch.allclose(gain.abs().log(), log_mag.double(), atol=1e-9)
+    gain = torch.view_as_complex(minimum_phase(log_mag.double().expand(9, -1), n))[0]
+    assert torch.allclose(gain.abs().log(), log_mag.double(), atol=1e-12)
     response = torch.fft.irfft(gain, n=n)
     assert response[: n // 2].square().sum() >= 0.9999 * response.square().sum()
-    assert torch.equal(minimum_phase(torch.zeros(3, n // 2 + 1), n), torch.ones(3, n // 2 + 1,
-                                                                                dtype=torch.cfloat))
+    unit = minimum_phase(torch.zeros(3, n // 2 + 1), n)
+    assert torch.equal(unit, torch.stack([torch.ones(3, n // 2 + 1), torch.zeros(3, n // 2 + 1)],
+                                         dim=-1))
+
+
+def test_minimum_phase_of_a_few_frames_equals_the_fft_path() -> None:
+    """A streamed block's phase (a product with a basis) equals the FFT path of longer runs."""
+    torch.manual_seed(4)
+    log_mag = torch.randn(2, 2, 9, 513, dtype=torch.float64)  # rough: aliased cepstra too
+    long = minimum_phase(log_mag, 1024)
+    short = torch.cat([minimum_phase(log_mag[..., :4, :], 1024),
+                       minimum_phase(log_mag[..., 4:, :], 1024)], dim=-3)
+    assert torch.allclose(short, long, rtol=1e-9, atol=1e-9)
+
+
+def test_apply_complex_gain_is_the_complex_product() -> None:
+    spectra = _spectra()
+    gain = torch.randn(*spectra.shape, 2)
+    assert torch.allclose(apply_complex_gain(spectra, gain),
+                          spectra * torch.view_as_complex(gain), atol=1e-6)
 
 
 def _applied_response_error(gain_db: torch.Tensor, complex_gain: torch.Tensor) -> float:
@@ -95,5 +119,6 @@ def test_minimum_phase_gain_is_applied_finer_than_a_real_gain() -> None:
     gain_db = 6 * torch.cos(2 * math.pi * f / 300)
     log_mag = gain_db * math.log(10) / 20
     real = _applied_response_error(gain_db, torch.exp(log_mag).to(torch.cfloat))
-    minimum = _applied_response_error(gain_db, minimum_phase(log_mag, 1024))
+    minimum = _applied_response_error(
+        gain_db, torch.view_as_complex(minimum_phase(log_mag[None].expand(9, -1), 1024))[0])
     assert minimum < 0.8 < 1.5 < real, (minimum, real)
