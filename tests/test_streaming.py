@@ -133,6 +133,25 @@ def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep,
     assert np.array_equal(_stream(Streamer(model, _request()), x, hops), before)
 
 
+def test_compiled_min_phase_stream_matches_eager(tmp_path: Path) -> None:
+    """With ``min_phase`` the compiled step takes a block's phase from its cos/sin basis (no
+    FFT in the graph) and streams as the eager model does."""
+    torch.manual_seed(0)
+    model = TuttiModel(TuttiConfig(causal=True, **dict(SLOTTED, min_phase=True))).eval()
+    for module in (model.decoder[-1].up.proj, model.slot_head, model.head):
+        torch.nn.init.normal_(module.weight, std=0.05)
+    with torch.no_grad():
+        model.slot_scale.fill_(0.1)
+    step = CompiledStep.build(model, str(tmp_path))
+    x = (0.02 * np.random.default_rng(5).standard_normal((2, 20_000))).astype(np.float32)
+    hops = [220, 1, 640, 7, 1500]
+    before = _stream(Streamer(model, _request()), x, hops)
+    streamer = Streamer(model, _request(), step)
+    fast = _stream(streamer, x, hops)
+    assert streamer.compiled_blocks >= x.shape[1] // model.config.block - model.config.window - 14
+    assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
+
+
 def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, cache = compiled
     files = sorted(p.name for p in Path(cache).iterdir())
