@@ -74,9 +74,10 @@ SLOTTED = dict(SMALL, slot_gains=True, slot_bands=8, slot_gate=True, slot_spectr
 """The shipped causal model's branches (slot gains, their spectral MLP, gain smoothing), small."""
 
 
-def _slotted_model() -> TuttiModel:
+def _slotted_model(**options: object) -> TuttiModel:
+    """:data:`SLOTTED` (with ``options`` on top), its heads trained-looking (non-zero)."""
     torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=True, **SLOTTED)).eval()
+    model = TuttiModel(TuttiConfig(causal=True, **SLOTTED, **options)).eval()
     for module in (model.decoder[-1].up.proj, model.slot_head, model.head):
         torch.nn.init.normal_(module.weight, std=0.05)
     with torch.no_grad():
@@ -136,12 +137,7 @@ def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep,
 def test_compiled_min_phase_stream_matches_eager(tmp_path: Path) -> None:
     """With ``min_phase`` the compiled step takes a block's phase from its cos/sin basis (no
     FFT in the graph) and streams as the eager model does."""
-    torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=True, **dict(SLOTTED, min_phase=True))).eval()
-    for module in (model.decoder[-1].up.proj, model.slot_head, model.head):
-        torch.nn.init.normal_(module.weight, std=0.05)
-    with torch.no_grad():
-        model.slot_scale.fill_(0.1)
+    model = _slotted_model(min_phase=True)
     step = CompiledStep.build(model, str(tmp_path))
     x = (0.02 * np.random.default_rng(5).standard_normal((2, 20_000))).astype(np.float32)
     hops = [220, 1, 640, 7, 1500]
