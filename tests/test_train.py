@@ -290,3 +290,52 @@ def test_slot_balanced_sampling(cad2_root: Path) -> None:
     assert dataset.item_p is not None and np.all(dataset.item_p > 0)
     ex = dataset.example(np.random.default_rng(0))
     assert ex["presence"].sum() >= 2
+
+
+def test_distillation_trains_towards_the_teacher(cad2_root: Path, tmp_path: Path) -> None:
+    """With ``train.teacher`` the training target is the teacher's remix: a student that starts
+    as the teacher and does not move (lr 0) has zero training error, while its validation,
+    which stays on the true remix, does not."""
+    first, tuned = _fine_tune(cad2_root, tmp_path, 2, f"train.teacher={tmp_path}/first/best",
+                              "optim.lr=0")
+    with (tuned / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    trained = [r for r in rows if r["total"]]
+    assert trained and all(float(r["l1"]) == 0.0 and float(r["mrstft"]) < 1e-6 for r in trained)
+    assert all(float(r["valid_loss"]) > 0.1 for r in rows if r["valid_loss"])
+    # without the teacher the same run's training error is the model's error on the true remix
+    _, plain = _fine_tune(cad2_root, tmp_path / "plain", 2, "optim.lr=0")
+    with (plain / "log.csv").open() as fh:
+        assert all(float(r["l1"]) > 0 for r in csv.DictReader(fh) if r["total"])
+
+
+def test_distillation_target_mixes_teacher_and_truth(tmp_path: Path) -> None:
+    from training.train import distillation_target, load_teacher
+
+    cfg = load_config(CONF, ["train.teacher=" + str(tmp_path / "missing")])
+    student = build_model(cfg)
+    with pytest.raises(ValueError, match="not a model folder"):
+        load_teacher(cfg, student)
+    torch.manual_seed(0)
+    for p in student.parameters():  # away from the identity start, so the output differs
+        p.data.add_(0.05 * torch.randn_like(p))
+    student.save_pretrained(tmp_path / "teacher", safe_serialization=True)
+    cfg.train.teacher = str(tmp_path / "teacher")
+    teacher = load_teacher(cfg, build_model(cfg))
+    assert teacher is not None and not any(p.requires_grad for p in teacher.parameters())
+    b = {"mixture": 0.01 * torch.randn(2, 2, 8192), "target": 0.01 * torch.randn(2, 2, 8192),
+         "gains_db": torch.zeros(2, 12), "presence": torch.zeros(2, 12),
+         "audiogram": torch.full((2, 2, 8), 30.0), "ratio": torch.full((2, 2, 6), 1.5),
+         "makeup_db": torch.zeros(2, 2, 6)}
+    b["gains_db"][:, 0], b["presence"][:, :2] = 6.0, 1.0
+    inputs = [b[k] for k in ("mixture", "gains_db", "presence", "audiogram", "ratio",
+                             "makeup_db")]
+    out = student(*inputs, hearing_aid=False).detach()
+    fresh = build_model(cfg)(*inputs, hearing_aid=False).detach()
+    assert (out - fresh).abs().max() > 1e-4 * fresh.abs().max()  # not a fresh model's output
+    assert torch.allclose(distillation_target(teacher, b, 1.0), out, atol=1e-6)
+    assert torch.allclose(distillation_target(teacher, b, 0.25),
+                          0.25 * out + 0.75 * b["target"], atol=1e-6)
+    assert torch.equal(distillation_target(teacher, b, 0.0), b["target"])
+    with pytest.raises(ValueError, match="teacher_mix"):
+        distillation_target(teacher, b, 1.5)

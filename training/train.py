@@ -98,6 +98,38 @@ def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
     return internals["slot_log_weights"], power
 
 
+def load_teacher(cfg: DictConfig, student: TuttiModel) -> TuttiModel | None:
+    """The frozen model named by ``train.teacher`` (a model folder), or None.
+
+    Raises when it does not exist or does not share the student's sample rate and slots."""
+    folder = cfg.train.get("teacher")
+    if not folder:
+        return None
+    folder = Path(os.path.expanduser(str(folder)))
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"train.teacher: {folder} is not a model folder (no config.json)")
+    teacher = TuttiModel.from_pretrained(folder).eval()
+    for field in ("sample_rate", "slots"):
+        theirs, ours = getattr(teacher.config, field), getattr(student.config, field)
+        if list(np.atleast_1d(theirs)) != list(np.atleast_1d(ours)):
+            raise ValueError(f"train.teacher: {folder} has {field} {theirs}, the model {ours}")
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def distillation_target(teacher: TuttiModel, batch: dict[str, torch.Tensor],
+                        mix: float) -> torch.Tensor:
+    """``mix`` × the teacher's remix + (1 − mix) × the true remix ``batch["target"]``,
+    ``(B, 2, T)`` before the hearing aid (distillation: a causal student learns from the
+    non-causal model's output, a target its time-frequency gains can reach)."""
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"train.teacher_mix must lie in [0, 1], got {mix}")
+    with torch.no_grad():
+        out = teacher(batch["mixture"], batch["gains_db"], batch["presence"], batch["audiogram"],
+                      batch["ratio"], batch["makeup_db"], hearing_aid=False)
+    return mix * out + (1.0 - mix) * batch["target"]
+
+
 def lr_at(step: int, cfg: DictConfig) -> float:
     """Linear warm-up then cosine decay to 5% of the peak learning rate."""
     o = cfg.optim
@@ -322,6 +354,9 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         if ema is not None:
             ema.load({k: v for k, v in model.state_dict().items() if k in ema.state})
     net = DistributedDataParallel(model) if distributed else model
+    teacher = load_teacher(cfg, model)
+    if teacher is not None:
+        teacher.to(device)
 
     roots = [os.path.expanduser(str(r)) for r in cfg.data.roots]
     select_by(cfg, roots)  # a bad choice fails before any training
@@ -368,7 +403,9 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         def hearing_aid(signal, b=b):
             return model.hearing_aid(signal, b["ratio"], b["makeup_db"])
 
-        terms = loss_fn(est, b["target"], hearing_aid, slot_weight_targets(model, b, internals))
+        target = b["target"] if teacher is None else distillation_target(
+            teacher, b, float(cfg.train.teacher_mix))
+        terms = loss_fn(est, target, hearing_aid, slot_weight_targets(model, b, internals))
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
