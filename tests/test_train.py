@@ -297,7 +297,7 @@ def test_distillation_trains_towards_the_teacher(cad2_root: Path, tmp_path: Path
     as the teacher and does not move (lr 0) has zero training error, while its validation,
     which stays on the true remix, does not."""
     _, tuned = _fine_tune(cad2_root, tmp_path, 2, f"train.teacher={tmp_path}/first/best",
-                              "optim.lr=0")
+                          "optim.lr=0")
     with (tuned / "log.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     trained = [r for r in rows if r["total"]]
