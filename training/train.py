@@ -111,7 +111,7 @@ def load_teacher(cfg: DictConfig, student: TuttiModel) -> TuttiModel | None:
     teacher = TuttiModel.from_pretrained(folder).eval()
     for field in ("sample_rate", "slots"):
         theirs, ours = getattr(teacher.config, field), getattr(student.config, field)
-        if list(np.atleast_1d(theirs)) != list(np.atleast_1d(ours)):
+        if theirs != ours:  # TuttiConfig keeps an int and a list
             raise ValueError(f"train.teacher: {folder} has {field} {theirs}, the model {ours}")
     teacher.requires_grad_(False)
     return teacher
