@@ -42,7 +42,7 @@ STEP_BLOCKS = (1, 2)
 """Block counts compiled: a 5 ms hop (220 samples) completes one or two 128-sample blocks;
 longer input runs as several calls."""
 
-_FORMAT = "tutti-stream-step-3"
+_FORMAT = "tutti-stream-step-4"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 
@@ -114,7 +114,8 @@ class StepLibrary:
         specs = ctypes.c_char_p(), ctypes.c_char_p()  # input and output tree structures
         self._check(lib.AOTInductorModelContainerGetCallSpec(
             self._handle, ctypes.byref(specs[0]), ctypes.byref(specs[1])), "call spec")
-        self._out_spec = treespec_loads((specs[1].value or b"").decode())
+        self.in_spec = treespec_loads((specs[0].value or b"").decode())
+        self.out_spec = treespec_loads((specs[1].value or b"").decode())
 
     def _check(self, code: int, what: str) -> None:
         if code != 0:
@@ -126,6 +127,10 @@ class StepLibrary:
     def __call__(self, *args: object) -> object:
         """The step on ``args`` (the exported module's inputs), outputs as exported."""
         leaves = [x for x in tree_flatten((args, {}))[0] if isinstance(x, Tensor)]
+        return tree_unflatten(self.run(leaves), self.out_spec)
+
+    def run(self, leaves: list[Tensor]) -> list[Tensor]:
+        """The step on its input tensors in flattening order; its output tensors, likewise."""
         if len(leaves) != self.num_inputs:
             raise ValueError(f"compiled step takes {self.num_inputs} tensors, got {len(leaves)}")
         # New tensor handles (capsules of at::Tensor pointers), stolen by the call.
@@ -135,9 +140,8 @@ class StepLibrary:
         self._check(self._lib.AOTInductorModelContainerRun(
             self._handle, inputs, ctypes.c_size_t(len(leaves)), outputs,
             ctypes.c_size_t(self.num_outputs), None, None), "run")
-        tensors = torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
+        return torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(
             [_capsule(p) for p in outputs])
-        return tree_unflatten(tensors, self._out_spec)
 
     def __del__(self) -> None:
         lib, handle = getattr(self, "_lib", None), getattr(self, "_handle", None)
@@ -153,17 +157,24 @@ class CompiledStep:
     covers both)."""
 
     def __init__(self, runners: dict[int, StepLibrary], block: int) -> None:
+        for n, runner in runners.items():  # what lets a stream keep its state flat
+            if runner.in_spec.child(0).child(3) != runner.out_spec.child(1):
+                raise RuntimeError(f"the compiled {n}-block step returns its state in another "
+                                   "layout than it takes it")
         self.runners = runners
         self.block = block
         self.max_blocks = max(runners)
 
     @classmethod
     def build(cls, model: TuttiModel, cache_dir: str | Path | None = None,
-              concurrency: int = 2) -> CompiledStep:
-        """Export and compile ``model``'s step (about 15 s per block count on a CPU; raises
-        what the compiler raises, e.g. with no C++ compiler), or load it from ``cache_dir``
-        (``{key}-{n}.so``, written atomically; None: a temporary folder). ``concurrency``:
-        :class:`StepLibrary`'s."""
+              concurrency: int = 2, tuned: bool = True) -> CompiledStep:
+        """Export and compile ``model``'s step (raises what the compiler raises, e.g. with no
+        C++ compiler), or load it from ``cache_dir`` (``{key}-{n}.so``, written atomically;
+        None: a temporary folder). ``concurrency``: :class:`StepLibrary`'s. ``tuned``: the
+        matrix products as Inductor's C++ GEMM kernels on weights packed at build time, each
+        timed against ATen's (:data:`TUNED`): about 1.5x faster per block, about 4x longer to
+        build (some 4 min per block count for the shipped causal model on a 2-core VM,
+        against 30 s); False: ATen's products, which repack the weights at every call."""
         if not model.config.causal:
             raise ValueError("a compiled stream step needs a causal model")
         device = next(model.parameters()).device
@@ -178,7 +189,7 @@ class CompiledStep:
         state = settled_state(model, request)
         folder = Path(cache_dir) if cache_dir is not None else Path(
             tempfile.mkdtemp(prefix="tutti-step-"))
-        key = _cache_key(model)
+        key = _cache_key(model, tuned)
         runners = {}
         for blocks in STEP_BLOCKS:
             path = folder / f"{key}-{blocks}.so"
@@ -191,25 +202,47 @@ class CompiledStep:
                         lambda t: t.clone() if isinstance(t, Tensor) else t, state))
                     program = torch.export.export(_BlockStep(model).eval(),
                                                   (mixture, gains, presence, state), strict=False)
-                _compile(program, path)
+                _compile(program, path, TUNED if tuned else {})
             runners[blocks] = StepLibrary(path, concurrency)
         return cls(runners, model.config.block)
 
     def __call__(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
                  state: dict) -> tuple[Tensor, dict]:
+        return self._runner(mixture)(mixture, gains_db, presence, state)  # type: ignore
+
+    def flat(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
+             state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """:meth:`__call__` with the state as its tensors in flattening order (:func:`flat_state`),
+        the new state likewise: a stream keeps it so, skipping the nested structure's
+        flattening and rebuilding at every call."""
+        out = self._runner(mixture).run([mixture, gains_db, presence, *state])
+        return out[0], out[1:]
+
+    def _runner(self, mixture: Tensor) -> StepLibrary:
         runner = self.runners.get(mixture.shape[-1] // self.block)
         if runner is None or mixture.shape[-1] % self.block:
             raise ValueError(f"a compiled step takes {sorted(self.runners)} blocks of "
                              f"{self.block} samples, got {mixture.shape[-1]} samples")
-        return runner(mixture, gains_db, presence, state)  # type: ignore[return-value]
+        return runner
 
 
-def _compile(program: torch.export.ExportedProgram, path: Path) -> None:
-    """Compile ``program`` with AOTInductor; its shared library to ``path`` (atomically)."""
+TUNED = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+         "benchmark_epilogue_fusion": False,
+         "inductor_default_autotune_rep": 10, "inductor_default_autotune_warmup": 3}
+"""Inductor settings of a tuned step: weights frozen into the graph, so that each matrix
+product may run as Inductor's C++ GEMM template on weights packed once at build time (ATen's
+products pack them again at every call, most of their time at a stream's one or two frames);
+each product's kernel is chosen by timing the candidates (briefly: 10 ms each)."""
+
+
+def _compile(program: torch.export.ExportedProgram, path: Path,
+             configs: dict[str, object]) -> None:
+    """Compile ``program`` with AOTInductor (``configs``: Inductor settings); its shared library
+    to ``path`` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tutti-step-") as tmp:
         package = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(Path(tmp) / "step.pt2"))
+            program, package_path=str(Path(tmp) / "step.pt2"), inductor_configs=configs)
         with zipfile.ZipFile(package) as archive:
             names = [n for n in archive.namelist() if n.endswith(".so")]
             if len(names) != 1:
@@ -220,10 +253,11 @@ def _compile(program: torch.export.ExportedProgram, path: Path) -> None:
     os.replace(partial, path)
 
 
-def _cache_key(model: TuttiModel) -> str:
+def _cache_key(model: TuttiModel, tuned: bool) -> str:
     """Digest of what a compiled step bakes in: weights, config, torch version, format, the
-    CPU it is compiled for (``-march=native``) and torch's thread count (its loops' team)."""
-    digest = hashlib.sha256(f"{_FORMAT} {torch.__version__} {platform.machine()} "
+    CPU it is compiled for (``-march=native``), torch's thread count (its loops' team) and
+    whether it is tuned."""
+    digest = hashlib.sha256(f"{_FORMAT} {tuned} {torch.__version__} {platform.machine()} "
                             f"{torch.backends.cpu.get_cpu_capability()} {_cpu_flags()} "
                             f"{torch.get_num_threads()}".encode())
     config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
@@ -246,6 +280,14 @@ def _cpu_flags() -> str:
 def _contiguous(state: object) -> object:
     """A state with every tensor contiguous (the layout a compiled step was built for)."""
     return tree_map(lambda t: t.contiguous() if isinstance(t, Tensor) else t, state)
+
+
+def flat_state(state: dict) -> list[Tensor]:
+    """A settled state's tensors in flattening order (what :meth:`CompiledStep.flat` takes)."""
+    leaves = tree_flatten(state)[0]
+    if not all(isinstance(t, Tensor) for t in leaves):
+        raise ValueError("a compiled step's state holds tensors only")
+    return leaves
 
 
 def _shapes(state: object) -> object:
@@ -273,6 +315,7 @@ class Streamer:
         self._settled = False
         self._pending = np.zeros((2, 0), dtype=np.float32)
         self._state: dict | None = None
+        self._flat: list[Tensor] | None = None  # the state, once compiled calls carry it
         # The compiled step takes the slot request padded to every slot (one shape for every
         # request); eager calls keep the stream's own, which costs less the fewer slots it has.
         self._slot_requests: tuple | None = None
@@ -350,12 +393,14 @@ class Streamer:
         """``x (2, n blocks)`` through the compiled step, up to ``step.max_blocks`` blocks per
         call; its remix ``(1, 2, n blocks)``."""
         assert self.step is not None
+        if self._flat is None:  # the first compiled call: from here on the state stays flat
+            self._flat = flat_state(self._with_slots(1))  # type: ignore[arg-type]
+            self._state = None
         parts = []
         size = self.block * self.step.max_blocks
         for start in range(0, x.shape[1], size):
             piece = torch.from_numpy(np.ascontiguousarray(x[:, start : start + size]))[None]
-            out, self._state = self.step(piece, self.gains, self.presence,
-                                         self._with_slots(1))
+            out, self._flat = self.step.flat(piece, self.gains, self.presence, self._flat)
             self.compiled_blocks += piece.shape[-1] // self.block
             parts.append(out)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -452,21 +452,19 @@ class TuttiModel(PreTrainedModel):
 
     def slot_request(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1,
                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """What :meth:`slot_log_gain` needs of a request: the slot head's weights ``(B, K, 2
-        width, c)`` and biases ``(B, K, 1, 2 width)`` (``-inf`` for padding) of the present
-        slots (K at least ``min_slots``: :func:`present_slots`), and each one's term of the
-        power mean ``(B, K)``. A stream computes it once."""
+        """What :meth:`slot_log_gain` needs of a request: the present slots' indices ``(B, K)``
+        (K at least ``min_slots``: :func:`present_slots`), a mask ``(B, 1, K, 1)`` added to their
+        logits (0, or ``-inf`` for padding) and each one's term of the power mean ``(B, K)``. A
+        stream computes it once."""
         index, valid = present_slots(presence, min_slots)
         valid = valid.clone()
         valid[:, 0] |= ~valid.any(1)  # nothing present: one slot at 0 dB, the identity
-        width = self.config.slot_bands or self.filterbank.bins
-        weight = self.slot_head.weight[..., 0].view(len(self.config.slots), 2 * width, -1)[index]
-        bias = self.slot_head.bias.view(len(self.config.slots), 2 * width)[index]
-        bias = bias.masked_fill(~valid[..., None], float("-inf"))[:, :, None]
+        mask = torch.zeros(valid.shape, dtype=gains_db.dtype, device=gains_db.device)
+        mask = mask.masked_fill(~valid, float("-inf"))[:, None, :, None]
         order = self.config.slot_mean_order
         log_amp = (gains_db * presence).gather(1, index) * (math.log(10.0) / 20.0)
         term = log_amp if order == 0 else (order * log_amp).exp()  # per slot, averaged by w
-        return weight, bias, term
+        return index, mask, term
 
     def slot_log_gain(self, x: Tensor, gains_db: Tensor, presence: Tensor,
                       with_weights: bool = True,
@@ -483,20 +481,27 @@ class TuttiModel(PreTrainedModel):
         slot is absent. ``width`` is ``slot_bands`` (the log-gain then spread to the bins) or
         ``bins``. ``request``: :meth:`slot_request` of ``gains_db`` and ``presence``, if
         already computed."""
-        weight, bias, term = request or self.slot_request(gains_db, presence)
+        index, mask, term = request or self.slot_request(gains_db, presence)
         order = self.config.slot_mean_order
+        slots = len(self.config.slots)
 
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
-            """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
-            reductions over the few slots run as a loop over them: on a CPU that is several
-            times faster than reducing along a middle dimension."""
-            logits = torch.einsum("bkoc,bct->bkto", weight, part) + bias
-            top = logits[:, 0]
-            for k in range(1, logits.shape[1]):
-                top = torch.maximum(top, logits[:, k])
+            """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. Every
+            slot's logits come from the head's own weights (a compiled step packs them once),
+            then the request's slots are picked; the reductions over those few slots run as a
+            loop over them: on a CPU that is several times faster than reducing along a middle
+            dimension."""
+            every = F.linear(part.transpose(1, 2), self.slot_head.weight[..., 0],
+                             self.slot_head.bias)
+            every = every.unflatten(2, (slots, -1))  # (B, t, slots, 2 width)
+            logits = every.gather(2, index[:, None, :, None].expand(
+                -1, every.shape[1], -1, every.shape[3])) + mask
+            top = logits[:, :, 0]
+            for k in range(1, logits.shape[2]):
+                top = torch.maximum(top, logits[:, :, k])
             total, weighted = torch.zeros_like(top), torch.zeros_like(top)
-            for k in range(logits.shape[1]):
-                e = (logits[:, k] - top).exp()
+            for k in range(logits.shape[2]):
+                e = (logits[:, :, k] - top).exp()
                 total = total + e
                 weighted = weighted + e * term[:, k, None, None]
             log_total = total.log()
@@ -506,7 +511,7 @@ class TuttiModel(PreTrainedModel):
                 log_gain = (weighted.log() - log_total) / order
             if not with_weights:
                 return log_gain, None
-            return log_gain, logits - (top + log_total)[:, None]
+            return log_gain, (logits - (top + log_total)[:, :, None]).transpose(1, 2)
 
         if with_weights:
             log_gain, log_w = frames(x, True)

@@ -78,7 +78,8 @@ class Runtime:
 
         def build() -> None:
             try:
-                step = CompiledStep.build(model, cache_dir)
+                step = CompiledStep.build(model, cache_dir,
+                                          tuned=bool(self.cfg.streaming.compiled_tuned))
             except Exception as err:  # e.g. no C++ compiler: live sessions stay eager
                 self.live_step_status = f"failed: {type(err).__name__}: {err}"[:500]
                 logging.getLogger(__name__).warning(

@@ -266,7 +266,7 @@ def test_live_step_failure_leaves_sessions_eager(engine: Engine, presets, monkey
     ``live_step`` and serves live sessions eagerly."""
     import serving.runtime as runtime_module
 
-    def no_compiler(model, cache_dir=None):
+    def no_compiler(model, cache_dir=None, tuned=True):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(runtime_module.CompiledStep, "build", no_compiler)

@@ -51,10 +51,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """Base URL of a ``bentoml serve serving.service:Tutti`` with small test limits."""
     tmp = tmp_path_factory.mktemp("serving")
     conf = tmp / "serving.yaml"
-    # The compiled live step builds cold (about a minute, in the background) into this run's
-    # own cache: the live tests wait for it.
-    conf.write_text(TEST_CONFIG + "streaming: {compiled_live: true, compiled_cache: "
-                    f"{tmp / 'compiled'}}}\n")
+    # The compiled live step builds cold (about a minute, in the background; untuned: tuning
+    # takes several, and tests/test_streaming.py covers it) into this run's own cache: the live
+    # tests wait for it.
+    conf.write_text(TEST_CONFIG + "streaming: {compiled_live: true, compiled_tuned: false, "
+                    f"compiled_cache: {tmp / 'compiled'}}}\n")
     port = _free_port()
     env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", TUTTI_SERVING_CONFIG=str(conf),
                TUTTI_SERVING_OVERRIDES="", BENTOML_HOME=str(tmp / "bentoml"))

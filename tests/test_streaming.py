@@ -12,7 +12,7 @@ import torch
 
 from model.apply import Request
 from model.hearing_aid import HearingAid
-from model.streaming import CompiledStep, Streamer, _cache_key, settled_state
+from model.streaming import CompiledStep, Streamer, _cache_key, flat_state, settled_state
 from model.tutti import TuttiConfig, TuttiModel
 from tests.test_model import SMALL
 
@@ -97,7 +97,8 @@ def _stream(streamer: Streamer, x: np.ndarray, hops: list[int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[TuttiModel, CompiledStep, str]:
-    """A small slotted model and its compiled step (AOTInductor: about a minute, cold)."""
+    """A small slotted model and its compiled step, tuned as a server builds it (AOTInductor:
+    about 2.5 minutes, cold)."""
     model = _slotted_model()
     cache = str(tmp_path_factory.mktemp("compiled"))
     return model, CompiledStep.build(model, cache), cache
@@ -138,7 +139,7 @@ def test_compiled_min_phase_stream_matches_eager(tmp_path: Path) -> None:
     """With ``min_phase`` the compiled step takes a block's phase from its cos/sin basis (no
     FFT in the graph) and streams as the eager model does."""
     model = _slotted_model(min_phase=True)
-    step = CompiledStep.build(model, str(tmp_path))
+    step = CompiledStep.build(model, str(tmp_path), tuned=False)  # ATen's products: faster built
     x = (0.02 * np.random.default_rng(5).standard_normal((2, 20_000))).astype(np.float32)
     hops = [220, 1, 640, 7, 1500]
     before = _stream(Streamer(model, _request()), x, hops)
@@ -165,6 +166,10 @@ def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> 
     leaves, spec = torch.utils._pytree.tree_flatten(new_state)
     assert spec == torch.utils._pytree.tree_flatten(state)[1]
     assert all(t.is_contiguous() for t in leaves)
+    # ... so a stream may keep it as its flat list of tensors.
+    flat_out, flat_new = step.flat(block, gains, presence, flat_state(state))
+    assert torch.equal(flat_out, out)
+    assert all(torch.equal(a, b) for a, b in zip(flat_new, leaves, strict=True))
     with pytest.raises(ValueError, match=r"takes \[1, 2\] blocks of 128 samples, got 384"):
         step(torch.zeros(1, 2, 384), gains, presence, state)
 
@@ -208,15 +213,16 @@ def test_compiled_step_key_follows_weights(compiled: tuple[TuttiModel, CompiledS
     """Weights are baked into the compiled code: changed weights get their own cache entry."""
     model, _, _ = compiled
     other = _slotted_model()
-    assert _cache_key(other) == _cache_key(model)
+    assert _cache_key(other, True) == _cache_key(model, True)
+    assert _cache_key(other, False) != _cache_key(model, True)  # tuned or not
     with torch.no_grad():
         other.slot_scale.fill_(0.2)
-    assert _cache_key(other) != _cache_key(model)
+    assert _cache_key(other, True) != _cache_key(model, True)
     other.set_inference(gain_smooth_ms=5.0)
-    assert _cache_key(other) != _cache_key(model)
+    assert _cache_key(other, True) != _cache_key(model, True)
     other = _slotted_model()
     other.config._name_or_path = "/somewhere/else"  # where it was loaded from does not count
-    assert _cache_key(other) == _cache_key(model)
+    assert _cache_key(other, True) == _cache_key(model, True)
 
 
 def test_compiled_step_needs_causal_cpu_model() -> None:
