@@ -6,8 +6,9 @@ One run prints, on the same machine and load:
    causal models on a ``--seconds`` stereo clip, the network alone (remix before the hearing aid)
    and with the hearing aid.
 2. Live: the causal :class:`model.streaming.Streamer` fed 5 ms hops (220 samples) on one thread,
-   eager and with the compiled block step (:class:`model.streaming.CompiledStep`, what the
-   server uses), hop by hop in turn: mean / p99 compute time per hop and its share of the hop.
+   eager, with the untuned compiled block step and with the tuned one
+   (:class:`model.streaming.CompiledStep`, what the server uses), hop by hop in turn: mean /
+   p99 compute time per hop and its share of the hop.
 3. The CAD2 task-2 baseline separator, pyclarity's ``ConvTasNetStereo`` with the recipe's
    ``conf.yml`` (random weights: only the architecture matters for time), run as the recipe runs
    it (6 s segments + 10 % overlap, one model per instrument of the scene): time per second of
@@ -80,12 +81,14 @@ def live(x: np.ndarray, folder: Path, cache: Path | None) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(folder)
-    t0 = time.perf_counter()
-    step = CompiledStep.build(model, cache)
-    print(f"compiled live step: ready in {time.perf_counter() - t0:.1f} s "
-          f"({'cache ' + str(cache) if cache else 'no cache'})")
-    streamers = {"eager": Streamer(model, _request()),
-                 "compiled": Streamer(model, _request(), step)}
+    streamers = {"eager": Streamer(model, _request())}
+    for tuned in (False, True):
+        t0 = time.perf_counter()
+        step = CompiledStep.build(model, cache, tuned=tuned)
+        name = "compiled" if tuned else "compiled untuned"
+        print(f"{name} live step: ready in {time.perf_counter() - t0:.1f} s "
+              f"({'cache ' + str(cache) if cache else 'no cache'})")
+        streamers[name] = Streamer(model, _request(), step)
     times: dict[str, list[float]] = {name: [] for name in streamers}
     for start in range(0, x.shape[1] - HOP, HOP):
         for name, streamer in streamers.items():
@@ -101,7 +104,8 @@ def live(x: np.ndarray, folder: Path, cache: Path | None) -> None:
         print(f"live causal {name}, 1 thread, {HOP}-sample hops ({hop_ms:.2f} ms): mean "
               f"{t.mean():.2f} ms ({100 * t.mean() / hop_ms:.0f} % of the hop), p99 "
               f"{np.percentile(t, 99):.2f} ms, {len(t)} hops")
-    print(f"compiled / eager per hop: {means['compiled'] / means['eager']:.2f}")
+    print(f"compiled / eager per hop: {means['compiled'] / means['eager']:.2f}; compiled / "
+          f"compiled untuned: {means['compiled'] / means['compiled untuned']:.2f}")
 
 
 def baseline(seconds: float, tutti_per_second: dict[str, float]) -> None:
