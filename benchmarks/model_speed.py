@@ -7,7 +7,7 @@ One run prints, on the same machine and load:
    and with the hearing aid.
 2. Live: the causal :class:`model.streaming.Streamer` fed 5 ms hops (220 samples) on one thread,
    eager, with the untuned compiled block step and with the tuned one
-   (:class:`model.streaming.CompiledStep`, what the server uses), hop by hop in turn: mean /
+   (:class:`model.streaming.CompiledStep`, what the server uses), in turns of 1 s each: mean /
    p99 compute time per hop and its share of the hop.
 3. The CAD2 task-2 baseline separator, pyclarity's ``ConvTasNetStereo`` with the recipe's
    ``conf.yml`` (random weights: only the architecture matters for time), run as the recipe runs
@@ -39,6 +39,8 @@ from model.streaming import CompiledStep, Streamer  # noqa: E402
 
 HOP = 220
 """Live hop: 5 ms at 44.1 kHz."""
+TURN = 200
+"""Live hops each streamer runs in a row (1 s of audio) before the next one's turn."""
 
 
 def _request() -> Request:
@@ -77,7 +79,9 @@ def whole(x: np.ndarray, repeats: int, seconds: float,
 
 def live(x: np.ndarray, folder: Path, cache: Path | None) -> None:
     """Per-hop compute of the causal Streamer on one thread, eager and with the compiled block
-    step, hop by hop in turn on the same input (the machine's drift hits both alike)."""
+    step (untuned and tuned), on the same input in turns of ``TURN`` hops (the machine's drift
+    hits all alike; a turn as long as this keeps each one's memory in the caches, as a server
+    running one stream does, where hop-by-hop turns had each evict the others' data)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model = load_model(folder)
@@ -90,11 +94,13 @@ def live(x: np.ndarray, folder: Path, cache: Path | None) -> None:
               f"({'cache ' + str(cache) if cache else 'no cache'})")
         streamers[name] = Streamer(model, _request(), step)
     times: dict[str, list[float]] = {name: [] for name in streamers}
-    for start in range(0, x.shape[1] - HOP, HOP):
+    starts = range(0, x.shape[1] - HOP, HOP)
+    for turn in range(0, len(starts), TURN):
         for name, streamer in streamers.items():
-            t0 = time.perf_counter()
-            streamer.process(x[:, start : start + HOP])
-            times[name].append(time.perf_counter() - t0)
+            for start in starts[turn : turn + TURN]:
+                t0 = time.perf_counter()
+                streamer.process(x[:, start : start + HOP])
+                times[name].append(time.perf_counter() - t0)
     torch.set_num_threads(threads)
     hop_ms = 1000 * HOP / 44100
     means = {}
