@@ -7,10 +7,12 @@ carried state. The concatenated output equals the offline causal model on the wh
 block, plus the filterbank's synthesis overlap); the caller's hop adds its own wait.
 
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
-time (``torch.export`` + AOTInductor, one shared library per block count): about 2.3x faster
-than eager per block, whose time is mostly the launch cost of a few hundred small operations.
-Compiling takes about 15 s per block count and needs a C++ compiler, so a server builds the step
-once at start (:meth:`CompiledStep.build`, cached on disk by model, torch version and CPU). A
+time (``torch.export`` + AOTInductor, one shared library per block count): about 3x faster
+than eager per hop when tuned (its matrix products on weights packed once), whose time is
+mostly the launch cost of a few hundred small operations and the repacking of weights for
+products of one or two frames. Compiling takes 30 s to 2 min per block count and needs a C++
+compiler, so a server builds the step once at start (:meth:`CompiledStep.build`, cached on disk
+by model, torch version, CPU and tuning). A
 stream's first blocks run eagerly while its state grows (the attention's key cache fills over
 ``config.window`` blocks), then every block runs compiled; the output is the same either way (to
 float rounding). A compiled call holds no GIL (:class:`StepLibrary`), so concurrent streams
@@ -172,8 +174,8 @@ class CompiledStep:
         C++ compiler), or load it from ``cache_dir`` (``{key}-{n}.so``, written atomically;
         None: a temporary folder). ``concurrency``: :class:`StepLibrary`'s. ``tuned``: the
         matrix products as Inductor's C++ GEMM kernels on weights packed at build time, each
-        timed against ATen's (:data:`TUNED`): about 1.5x faster per block, about 4x longer to
-        build (some 4 min per block count for the shipped causal model on a 2-core VM,
+        timed against ATen's (:data:`TUNED`): about 1.4x faster per hop, about 4x longer to
+        build (about 2 min per block count for the shipped causal model on a 2-core VM,
         against 30 s); False: ATen's products, which repack the weights at every call."""
         if not model.config.causal:
             raise ValueError("a compiled stream step needs a causal model")
