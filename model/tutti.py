@@ -485,20 +485,23 @@ class TuttiModel(PreTrainedModel):
         order = self.config.slot_mean_order
         slots = len(self.config.slots)
 
+        weight, bias = self.slot_head.weight[..., 0], self.slot_head.bias
+        every_slot = index.shape[1] == slots  # a padded stream request
+        if not every_slot:  # only the present slots' weights (most requests have 2 to 5 of 12)
+            weight = weight.view(slots, -1, x.shape[1])[index]  # (B, K, 2 width, c)
+            bias = bias.view(slots, -1)[index][:, None]  # (B, 1, K, 2 width)
+
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
             """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
             reductions over the few slots run as a loop over them: on a CPU that is several
             times faster than reducing along a middle dimension."""
-            weight, bias = self.slot_head.weight[..., 0], self.slot_head.bias
-            if index.shape[1] == slots:  # every slot (a padded stream request): the head's own
-                # weights in one product, which a compiled step packs once; then pick the slots
+            if every_slot:  # the head's own weights in one product, which a compiled step
+                # packs once; then pick the request's slots
                 every = F.linear(part.transpose(1, 2), weight, bias).unflatten(2, (slots, -1))
                 logits = every.gather(2, index[:, None, :, None].expand(
                     -1, every.shape[1], -1, every.shape[3]))
-            else:  # only the present slots' weights (most requests have 2 to 5 of 12)
-                present = weight.view(slots, -1, part.shape[1])[index]  # (B, K, 2 width, c)
-                logits = (torch.einsum("bkoc,bct->btko", present, part)
-                          + bias.view(slots, -1)[index][:, None])
+            else:
+                logits = torch.einsum("bkoc,bct->btko", weight, part) + bias
             logits = logits + mask
             top = logits[:, :, 0]
             for k in range(1, logits.shape[2]):
