@@ -44,7 +44,7 @@ STEP_BLOCKS = (1, 2)
 """Block counts compiled: a 5 ms hop (220 samples) completes one or two 128-sample blocks;
 longer input runs as several calls."""
 
-_FORMAT = "tutti-stream-step-4"
+_FORMAT = "tutti-stream-step-5"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 

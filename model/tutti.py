@@ -227,7 +227,7 @@ class TuttiModel(PreTrainedModel):
         self.head_film = FiLM(cd, 2 * c)
         self.head = nn.Conv1d(c, 2 * bins, 1)
         self.hearing_aid = HearingAid(config.sample_rate)
-        self._smooth_band: tuple | None = None  # :meth:`_smooth`'s matrix, kept for a stream
+        self._smooth_bands: dict = {}  # :meth:`_smooth`'s matrices by size and settings
         self.post_init()
         # Start as the identity rebalancer: every log-gain begins at zero.
         nn.init.zeros_(self.head.weight)
@@ -492,9 +492,9 @@ class TuttiModel(PreTrainedModel):
             bias = bias.view(slots, -1)[index][:, None]  # (B, 1, K, 2 width)
 
         def frames(part: Tensor, with_weights: bool) -> tuple[Tensor, Tensor | None]:
-            """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames. The
-            reductions over the few slots run as a loop over them: on a CPU that is several
-            times faster than reducing along a middle dimension."""
+            """(log-gain (B, t, 2 width), log-weights (B, K, t, 2 width)) of some frames: one
+            softmax over the slots and one product with their terms (on a CPU several times
+            faster than a loop of reductions over the few slots)."""
             if every_slot:  # the head's own weights in one product, which a compiled step
                 # packs once; then pick the request's slots
                 every = F.linear(part.transpose(1, 2), weight, bias).unflatten(2, (slots, -1))
@@ -502,23 +502,12 @@ class TuttiModel(PreTrainedModel):
                     -1, every.shape[1], -1, every.shape[3]))
             else:
                 logits = torch.einsum("bkoc,bct->btko", weight, part) + bias
-            logits = logits + mask
-            top = logits[:, :, 0]
-            for k in range(1, logits.shape[2]):
-                top = torch.maximum(top, logits[:, :, k])
-            total, weighted = torch.zeros_like(top), torch.zeros_like(top)
-            for k in range(logits.shape[2]):
-                e = (logits[:, :, k] - top).exp()
-                total = total + e
-                weighted = weighted + e * term[:, k, None, None]
-            log_total = total.log()
-            if order == 0:
-                log_gain = weighted / total
-            else:
-                log_gain = (weighted.log() - log_total) / order
-            if not with_weights:
-                return log_gain, None
-            return log_gain, (logits - (top + log_total)[:, :, None]).transpose(1, 2)
+            logits = logits + mask  # (B, t, K, 2 width)
+            log_w = F.log_softmax(logits, dim=2) if with_weights else None
+            w = log_w.exp() if log_w is not None else F.softmax(logits, dim=2)
+            mean = (term[:, None, None, :] @ w).squeeze(2)  # sum_k w_k * term_k
+            log_gain = mean if order == 0 else mean.log() / order
+            return log_gain, None if log_w is None else log_w.transpose(1, 2)
 
         if with_weights:
             log_gain, log_w = frames(x, True)
@@ -538,41 +527,48 @@ class TuttiModel(PreTrainedModel):
         then backwards over the chunk, so the gains do not lag the music (zero phase)."""
         out, state = self._smooth(log_gain, state)
         if not self.config.causal:
-            out = self._smooth(out.flip(2), None)[0].flip(2)
+            out = self._smooth(out, None, reverse=True)[0]
         return out, state
 
-    def _smooth(self, log_gain: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _smooth(self, log_gain: Tensor, state: Tensor | None, reverse: bool = False,
+                ) -> tuple[Tensor, Tensor]:
         """``log_gain (B, 2, frames, bins)`` smoothed over frames by a causal exponential
         window (time constant ``gain_smooth_ms``, cut at five of them): fewer fast gain
         fluctuations, the artifacts HAAQI punishes. The state holds the previous frames (the
-        first frame repeated at the start of a stream)."""
+        first frame repeated at the start of a stream). ``reverse``: the window runs backwards
+        in time (each frame averages itself and the following ones, the last frame repeated
+        past the end), which equals flipping, smoothing and flipping back, without the
+        copies; no stream (``state`` None)."""
         cfg = self.config
         hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
         decay = math.exp(-hop_ms / cfg.gain_smooth_ms)
         taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / hop_ms))
         if state is None:
-            state = log_gain[:, :, :1].expand(-1, -1, taps - 1, -1)
-        x = torch.cat([state, log_gain], dim=2)
+            edge = log_gain[:, :, -1:] if reverse else log_gain[:, :, :1]
+            state = edge.expand(-1, -1, taps - 1, -1)
+        elif reverse:
+            raise ValueError("a reversed smoothing does not stream")
+        x = torch.cat([log_gain, state] if reverse else [state, log_gain], dim=2)
         n = log_gain.shape[2]
         if n == 0:
             return log_gain, state
         # Blocks of up to 64 output frames, each a product with a banded matrix: several
         # times faster than conv1d over frames, and one small product for a streamed block.
         size = min(n, 64)
-        key = (size, taps, decay, x.dtype, x.device)
+        key = (size, taps, decay, reverse, x.dtype, x.device)
         # A stream reuses the matrix. Tracing a compiled step (torch.export) reads it (the graph
         # then holds it as a constant) but never keeps one it made: that would be a traced
         # placeholder.
-        band_memo = self._smooth_band
-        if band_memo is None or band_memo[0] != key:
+        band = self._smooth_bands.get(key)
+        if band is None:
             kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=x.dtype,
                                            device=x.device)  # oldest frame first
+            if reverse:
+                kernel = kernel.flip(0)
             band = x.new_zeros(size, size + taps - 1)
             band.as_strided((size, taps), (size + taps, 1)).copy_(kernel / kernel.sum())
-            band_memo = (key, band)
             if not torch.compiler.is_compiling():
-                self._smooth_band = band_memo
-        band = band_memo[1]
+                self._smooth_bands = {**self._smooth_bands, key: band}
         out = []
         for start in range(0, n, size):
             m = min(size, n - start)  # output frames of this block
