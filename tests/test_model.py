@@ -200,6 +200,19 @@ def test_non_causal_gain_smoothing_has_zero_phase() -> None:
     assert torch.equal(causal._smooth_gains(step, None)[0], causal._smooth(step, None)[0])
 
 
+def test_reversed_gain_smoothing_is_the_flipped_one() -> None:
+    """``reverse=True`` equals flipping the frames, smoothing and flipping back (one block and
+    several), and refuses to stream."""
+    torch.manual_seed(0)
+    model = TuttiModel(TuttiConfig(causal=False, **dict(SMALL, gain_smooth_ms=10.0)))
+    for frames in (30, 200):
+        noise = torch.randn(1, 2, frames, 5)
+        flipped = model._smooth(noise.flip(2), None)[0].flip(2)
+        assert torch.allclose(model._smooth(noise, None, reverse=True)[0], flipped, atol=1e-6)
+    with pytest.raises(ValueError, match="does not stream"):
+        model._smooth(noise, noise[:, :, :3], reverse=True)
+
+
 def test_present_slots_pads_with_absent_ones() -> None:
     presence = torch.zeros(3, len(SLOTS))
     presence[0, [2, 5, 9]] = 1
