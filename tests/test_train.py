@@ -109,6 +109,13 @@ def test_init_from_another_layout() -> None:
     wider.load_state_dict(weights, strict=False)
     assert torch.equal(wider.encoder[0].down.conv.weight, source.encoder[0].down.conv.weight)
     assert not torch.equal(wider.to_dim.weight[:, :16], source.to_dim.weight)
+    # A longer analysis window: the synthesis window (same length, other values) stays the
+    # model's own, so the filterbank still reconstructs exactly.
+    longer = build_model(load_config(CONF, [f"model.fb_window={2 * source.config.fb_window}"]))
+    window = longer.filterbank.synthesis_window.clone()
+    assert not torch.equal(window, source.filterbank.synthesis_window)
+    longer.load_state_dict(transferable(longer, source.state_dict(), "source"), strict=False)
+    assert torch.equal(longer.filterbank.synthesis_window, window)
     with pytest.raises(ValueError, match="no place for"):
         transferable(wider, {"decoder.9.weight": torch.zeros(1)}, "source")
     with pytest.raises(ValueError, match="no weight has this model's shape"):

@@ -200,14 +200,18 @@ def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
     """The tensors of ``weights`` (a saved model) that fit ``model``: same name and shape.
 
     Fine-tuning a different configuration keeps what it shares (e.g. the encoder's first levels
-    and the transformer); the rest keeps its initialisation. Raises on names the model lacks
-    (a different network, not a different size) or when nothing fits.
+    and the transformer); the rest keeps its initialisation. Buffers (the filterbank's windows,
+    band matrices) are computed from the model's own config and never taken: a window of the
+    same length may differ (a 128-sample synthesis window depends on the analysis window).
+    Raises on names the model lacks (a different network, not a different size) or when nothing
+    fits.
     """
     own = model.state_dict()
     unknown = [k for k in weights if k not in own]
     if unknown:
         raise ValueError(f"{source}: weights this model has no place for: {unknown[:5]}")
-    fits = {k: v for k, v in weights.items() if own[k].shape == v.shape}
+    buffers = {name for name, _ in model.named_buffers()}
+    fits = {k: v for k, v in weights.items() if own[k].shape == v.shape and k not in buffers}
     if not fits:
         raise ValueError(f"{source}: no weight has this model's shape")
     if len(fits) < len(weights):
