@@ -216,8 +216,8 @@ def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
         raise ValueError(f"{source}: no weight has this model's shape")
     if len(fits) < len(weights):
         skipped = sorted(set(weights) - set(fits))
-        print(f"init_from {source}: {len(fits)} tensors loaded, {len(skipped)} of another shape "
-              f"keep their init ({', '.join(skipped[:4])}, ...)")
+        print(f"init_from {source}: {len(fits)} tensors loaded, {len(skipped)} buffers or of "
+              f"another shape keep this model's own ({', '.join(skipped[:4])}, ...)")
     return fits
 
 
