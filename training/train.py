@@ -211,13 +211,13 @@ def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
     if unknown:
         raise ValueError(f"{source}: weights this model has no place for: {unknown[:5]}")
     buffers = {name for name, _ in model.named_buffers()}
-    fits = {k: v for k, v in weights.items() if own[k].shape == v.shape and k not in buffers}
+    fits = {k: v for k, v in weights.items() if k not in buffers and own[k].shape == v.shape}
     if not fits:
         raise ValueError(f"{source}: no weight has this model's shape")
-    if len(fits) < len(weights):
-        skipped = sorted(set(weights) - set(fits))
-        print(f"init_from {source}: {len(fits)} tensors loaded, {len(skipped)} buffers or of "
-              f"another shape keep this model's own ({', '.join(skipped[:4])}, ...)")
+    skipped = sorted(k for k in weights if k not in fits and k not in buffers)
+    if skipped:
+        print(f"init_from {source}: {len(fits)} tensors loaded, {len(skipped)} of another shape "
+              f"keep their init ({', '.join(skipped[:4])}, ...)")
     return fits
 
 
