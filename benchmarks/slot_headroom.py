@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.batch import Pair, hearing_aid, run_batch  # noqa: E402
-from model.filterbank import LowDelaySTFT, apply_gain  # noqa: E402
+from model.filterbank import LowDelaySTFT, apply_gain, power_spectrum  # noqa: E402
 from model.hearing_aid import adjust_level  # noqa: E402
 from model.tutti import band_matrix  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
@@ -58,10 +58,7 @@ class TrueShareSlotGain:
     synthesis: int = 128
 
     def __call__(self, pair: Pair) -> np.ndarray:
-        stems = pair.stems()
-        ids = list(pair.gains_db)
-        gains = torch.tensor([pair.gains_db[k] for k in ids], dtype=torch.float64)
-        stack = torch.from_numpy(np.stack([stems[k] for k in ids]).astype(np.float64))
+        stack, gains = pair.stem_stack()
         mixture = adjust_level(torch.from_numpy(pair.mixture.astype(np.float64)), gains)
         fb = LowDelaySTFT(self.window, self.synthesis).double()
         length = mixture.shape[-1]
@@ -69,12 +66,12 @@ class TrueShareSlotGain:
         spectra, _ = fb.analyse(torch.nn.functional.pad(mixture, (0, pad))[None])
         stem_spectra, _ = fb.analyse(torch.nn.functional.pad(stack, (0, pad)))
         to_bins = band_matrix(self.bands, spectra.shape[-1], SAMPLE_RATE).double()
-        power = stem_spectra.abs() ** 2 @ to_bins.T  # (K, 2, frames, bands)
+        power = power_spectrum(stem_spectra) @ to_bins.T  # (K, 2, frames, bands)
         if self.tau_ms > 0:
             power = running_mean(power, fb.hop, self.tau_ms)
         power = power + 1e-12  # silent bands: equal shares
         shares = power / power.sum(0, keepdim=True)
-        shares = self.blend * shares + (1 - self.blend) / len(ids)
+        shares = self.blend * shares + (1 - self.blend) / len(gains)
         term = (10 ** (gains / 20))[:, None, None, None] ** self.order
         log_gain = torch.log((shares * term).sum(0)) / self.order * self.gate
         out, _ = fb.synthesise(apply_gain(spectra, torch.exp(log_gain @ to_bins)[None]))

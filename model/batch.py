@@ -41,6 +41,14 @@ class Pair:
         """The true stems (only reference systems may use them)."""
         return self.split.stems(self.music.music_id)
 
+    def stem_stack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The true stems ``(K, 2, samples)`` and their gains ``(K,)`` dB, both float64, in
+        the order of ``gains_db`` (only reference systems may use them)."""
+        stems = self.stems()
+        ids = list(self.gains_db)
+        stack = torch.from_numpy(np.stack([stems[k] for k in ids]).astype(np.float64))
+        return stack, torch.tensor([self.gains_db[k] for k in ids], dtype=torch.float64)
+
 
 System = Callable[[Pair], np.ndarray]
 
@@ -70,10 +78,7 @@ def noop_system(pair: Pair) -> np.ndarray:
 
 def oracle_system(pair: Pair) -> np.ndarray:
     """The true remix (true stems x gains, ``adjust_level``) through the hearing aid."""
-    stems = pair.stems()
-    ids = list(pair.gains_db)
-    stack = torch.from_numpy(np.stack([stems[k] for k in ids]).astype(np.float64))
-    gains = torch.tensor([pair.gains_db[k] for k in ids], dtype=torch.float64)
+    stack, gains = pair.stem_stack()
     mixed = adjust_level(remix(stack, gains), gains).numpy()
     return hearing_aid(mixed, pair.ratio, pair.makeup_db)
 
