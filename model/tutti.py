@@ -72,6 +72,7 @@ class TuttiConfig(PretrainedConfig):
         slot_spectral: int = 0,
         slot_context: int = 1,
         slot_mean_order: float = 2.0,
+        slot_long_ms: tuple[float, ...] = (),
         gain_smooth_ms: float = 0.0,
         min_phase: bool = False,
         dim: int = 128,
@@ -100,6 +101,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_spectral = int(slot_spectral)
         self.slot_context = int(slot_context)
         self.slot_mean_order = float(slot_mean_order)
+        self.slot_long_ms = [float(t) for t in slot_long_ms]
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.min_phase = bool(min_phase)
         self.dim = dim
@@ -177,6 +179,34 @@ class Listener:
     makeup_db: Tensor
 
 
+def exponential_mean(x: Tensor, decay: float, state: Tensor | None = None,
+                     block: int = 64) -> tuple[Tensor, Tensor]:
+    """Causal exponentially weighted mean of ``x (B, C, frames)`` over frames, ``(B, C,
+    frames)``: frame ``t`` is ``sum_k decay**k x[t - k] / sum_k decay**k`` over the frames of
+    the stream so far (at its start, the mean of the frames there are). ``state (B, C + 1)``
+    carries a stream: the weighted sum and, last, its total weight (None: the start). Exact at
+    any block size; computed ``block`` frames at a time by one product with a triangular
+    matrix of powers of ``decay``.
+    """
+    b, c, n = x.shape
+    if state is None:
+        state = x.new_zeros(b, c + 1)
+    total, weight = state[:, :c, None], state[:, c:, None]
+    out = []
+    for start in range(0, n, block):
+        m = min(block, n - start)
+        steps = torch.arange(m, dtype=x.dtype, device=x.device)
+        powers = decay ** (steps[:, None] - steps[None, :]).clamp(min=0)  # (m, m): decay^(i-j)
+        tri = torch.tril(powers)
+        carry = decay ** (steps + 1)  # (m,): what the previous sum weighs at each frame
+        sums = x[:, :, start:start + m] @ tri.T + total * carry
+        weights = tri.sum(1) + weight * carry
+        out.append(sums / weights)
+        total, weight = sums[:, :, -1:], weights[:, :, -1:]
+    mean = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return mean, torch.cat([total, weight], dim=1)[..., 0]
+
+
 INFERENCE_SETTINGS = ("gain_smooth_ms", "slot_mean_order", "min_phase")
 """Config settings that no weight depends on: a saved model's may change without training."""
 
@@ -245,6 +275,10 @@ class TuttiModel(PreTrainedModel):
         for name in ("slot_gate", "slot_spectral"):
             if getattr(config, name) and not config.slot_gains:
                 raise ValueError(f"{name} needs slot_gains")
+        if config.slot_long_ms and not config.slot_spectral:
+            raise ValueError("slot_long_ms needs slot_spectral")
+        if any(t <= 0 for t in config.slot_long_ms):
+            raise ValueError(f"slot_long_ms must be > 0 ms, got {config.slot_long_ms}")
         if config.slot_context < 1:
             raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
         _check_inference_settings(config)
@@ -291,6 +325,16 @@ class TuttiModel(PreTrainedModel):
                                                   causal=causal)
                 self.slot_presence = FiLM(n, h)
                 self.slot_mid = nn.Conv1d(h, h, 1)
+                if config.slot_long_ms:
+                    # Long context for "who holds this band": per frame ``h`` features of the
+                    # same input, averaged over the past by an exponential window per time
+                    # constant (non-causal: forwards and backwards), added to the MLP's first
+                    # layer through a projection that starts at zero (a fine-tune starts where
+                    # its model was).
+                    self.slot_long_in = nn.Conv1d(2 * bins + c, h, 1)
+                    self.slot_long_out = nn.Conv1d(h * len(config.slot_long_ms), h, 1)
+                    nn.init.zeros_(self.slot_long_out.weight)
+                    nn.init.zeros_(self.slot_long_out.bias)
             self.slot_head = nn.Conv1d(slot_in, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
@@ -427,8 +471,13 @@ class TuttiModel(PreTrainedModel):
         if cfg.slot_gains:
             features = x
             if cfg.slot_spectral:
-                features, new_state["slot"] = self.slot_spectrum(torch.cat([power, x], dim=1),
+                spectrum_and_features = torch.cat([power, x], dim=1)
+                features, new_state["slot"] = self.slot_spectrum(spectrum_and_features,
                                                                  state.get("slot"))
+                if cfg.slot_long_ms:
+                    long, new_state["slot_long"] = self._slot_long_context(
+                        spectrum_and_features, state.get("slot_long"))
+                    features = features + pointwise(self.slot_long_out, long)
                 features = F.gelu(self.slot_presence(features, presence))
                 features = F.gelu(pointwise(self.slot_mid, features))
             request = state.get("slot_request") or self.slot_request(gains_db, presence)
@@ -574,6 +623,25 @@ class TuttiModel(PreTrainedModel):
             m = min(size, n - start)  # output frames of this block
             out.append(band[:m, : m + taps - 1] @ x[:, :, start : start + m + taps - 1])
         return (out[0] if len(out) == 1 else torch.cat(out, dim=2)), x[:, :, n:]
+
+    def _slot_long_context(self, x: Tensor, state: list[Tensor] | None
+                           ) -> tuple[Tensor, list[Tensor]]:
+        """The slot branch's long context ``(B, h * len(slot_long_ms), frames)`` from its input
+        ``x (B, 2 bins + c, frames)``: GELU features averaged by :func:`exponential_mean` per
+        time constant (non-causal: then backwards too, zero phase); ``state`` carries a stream."""
+        cfg = self.config
+        hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
+        h = F.gelu(pointwise(self.slot_long_in, x))
+        state = state or [None] * len(cfg.slot_long_ms)
+        out, new_state = [], []
+        for tau, carried in zip(cfg.slot_long_ms, state, strict=True):
+            decay = math.exp(-hop_ms / tau)
+            mean, carried = exponential_mean(h, decay, carried)
+            if not cfg.causal:
+                mean = exponential_mean(mean.flip(-1), decay)[0].flip(-1)
+            out.append(mean)
+            new_state.append(carried)
+        return torch.cat(out, dim=1), new_state
 
     def _band_gains(self, bands: Tensor) -> Tensor:
         """Log-gains ``(B, 2, frames, bins)`` from band log-gains ``(B, frames, 2 * bands)``."""

@@ -93,6 +93,21 @@ def test_remix_loss_terms() -> None:
     assert worse["total"].item() > 0.1 and worse["compressed"].item() > 0.05
 
 
+def test_slot_weights_alone() -> None:
+    """With the base weights at 0 the loss is the slot KL alone: no STFT term is computed, and
+    its gradient reaches the weights but not the estimate."""
+    loss = RemixLoss([1024, 256], [256, 64], [1024, 256], w_mrstft=0.0, w_sum_diff=0.0,
+                     w_l1=0.0, w_sisdr=0.0, w_slot_weights=1.0)
+    estimate = _tone(440, 0.1).requires_grad_()
+    power = torch.rand(1, 2, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    logits = torch.zeros(1, 2, 2, 5, 7, requires_grad=True)
+    terms = loss(estimate, _tone(440, 0.2), None, (torch.log_softmax(logits, 1), power))
+    assert set(terms) == {"slot_weights", "total"}
+    assert terms["total"] == terms["slot_weights"] > 0
+    terms["total"].backward()
+    assert estimate.grad is None and logits.grad.abs().sum() > 0
+
+
 def test_slot_weight_loss_is_zero_at_the_true_shares() -> None:
     """KL from the stems' power shares: zero at them, positive elsewhere, loud bins weigh more,
     and padded (absent, -inf) slots give finite values and gradients."""

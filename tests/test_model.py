@@ -11,7 +11,7 @@ import torch
 
 from model.apply import Request, load_model, remix
 from model.cad2 import SLOTS
-from model.tutti import Listener, TuttiConfig, TuttiModel, present_slots
+from model.tutti import Listener, TuttiConfig, TuttiModel, exponential_mean, present_slots
 
 SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
              window=8, cond_dim=32, gain_bands=4)
@@ -32,6 +32,8 @@ SLOT_GATE = dict(SLOT_BANDS, slot_gate=True)
 """With the slot log-gain scaled by a learned scalar (0 at the start)."""
 SLOT_SPECTRAL = dict(SLOT, slot_spectral=16, slot_context=3)
 """With the slot weights from an MLP of the log spectrum (3 frames) and the head's features."""
+SLOT_LONG = dict(SLOT_SPECTRAL, slot_long_ms=(20.0, 100.0))
+"""With the slot MLP also reading features averaged over the past (20 and 100 ms)."""
 SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
 """With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
@@ -40,9 +42,10 @@ MIN_PHASE = dict(SMOOTH, min_phase=True)
 """With the gain applied as a minimum-phase filter per frame."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE, SLOT_SPECTRAL, SMOOTH, MIN_PHASE],
+                               SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SMOOTH, MIN_PHASE],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands", "slot_gate", "slot_spectral", "smooth", "min_phase"])
+                         "slot_bands", "slot_gate", "slot_spectral", "slot_long", "smooth",
+                         "min_phase"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -64,6 +67,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.constant_(model.slot_scale, 0.08)
     if model.config.slot_spectral:
         torch.nn.init.normal_(model.slot_presence.proj.weight, std=0.5)
+    if model.config.slot_long_ms:
+        torch.nn.init.normal_(model.slot_long_out.weight, std=0.5)
     return model
 
 
@@ -114,6 +119,33 @@ def test_eq_heads_need_bands(name: str) -> None:
 def test_slot_options_need_slot_gains(name: str) -> None:
     with pytest.raises(ValueError, match=f"{name} needs slot_gains"):
         TuttiModel(TuttiConfig(**dict(SMALL, **{name: 8})))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(SLOT, slot_long_ms=(100.0,)), "slot_long_ms needs slot_spectral"),
+    (dict(SLOT_SPECTRAL, slot_long_ms=(100.0, 0.0)),
+     r"slot_long_ms must be > 0 ms, got \[100.0, 0.0\]"),
+])
+def test_slot_long_context_options_are_checked(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TuttiModel(TuttiConfig(**options))
+
+
+def test_exponential_mean_streams_exactly() -> None:
+    """Every frame is the decay-weighted mean of the frames so far, in one pass or in blocks
+    of any size (the state carries the sum and its weight)."""
+    x = torch.randn(2, 3, 150, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    decay = 0.95
+    expected = torch.stack([
+        (x[..., : t + 1] * decay ** torch.arange(t, -1, -1, dtype=x.dtype)).sum(-1)
+        / (decay ** torch.arange(t + 1, dtype=x.dtype)).sum() for t in range(150)], dim=-1)
+    whole, _ = exponential_mean(x, decay, block=64)
+    assert torch.allclose(whole, expected, atol=1e-12)
+    state, parts = None, []
+    for a, b in [(0, 1), (1, 40), (40, 41), (41, 150)]:
+        part, state = exponential_mean(x[..., a:b], decay, state, block=16)
+        parts.append(part)
+    assert torch.allclose(torch.cat(parts, -1), expected, atol=1e-12)
 
 
 def test_slot_context_must_be_a_frame_or_more() -> None:

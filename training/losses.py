@@ -221,13 +221,19 @@ class RemixLoss(nn.Module):
                 slot_weights: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """Loss terms and their weighted ``total`` (scalars); ``slot_weights``: the
         arguments of :func:`slot_weight_loss` (its term is skipped without them)."""
-        terms = {
-            "mrstft": self.mrstft(estimate, target),
-            "sum_diff": self.sum_diff(estimate, target),
-            "l1": torch.mean(torch.abs(estimate - target)) * 100.0,
-        }
-        total = (self.w_mrstft * terms["mrstft"] + self.w_sum_diff * terms["sum_diff"]
-                 + self.w_l1 * terms["l1"])
+        terms: dict[str, Tensor] = {}
+        total = estimate.new_zeros(())
+        # The three base terms are skipped at weight 0 (e.g. a slot branch trained on its KL
+        # alone, whose backward then never reaches the STFTs).
+        if self.w_mrstft > 0:
+            terms["mrstft"] = self.mrstft(estimate, target)
+            total = total + self.w_mrstft * terms["mrstft"]
+        if self.w_sum_diff > 0:
+            terms["sum_diff"] = self.sum_diff(estimate, target)
+            total = total + self.w_sum_diff * terms["sum_diff"]
+        if self.w_l1 > 0:
+            terms["l1"] = torch.mean(torch.abs(estimate - target)) * 100.0
+            total = total + self.w_l1 * terms["l1"]
         if self.w_sisdr > 0:
             terms["neg_sisdr"] = -si_sdr(estimate, target, max_db=self.sisdr_max_db).mean() / 10.0
             total = total + self.w_sisdr * terms["neg_sisdr"]
