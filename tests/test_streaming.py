@@ -149,6 +149,25 @@ def test_compiled_min_phase_stream_matches_eager(tmp_path: Path) -> None:
     assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
 
 
+def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None:
+    """With ``slot_long_ms`` the compiled step carries the exponential means' sums and weights
+    and streams as the eager model does."""
+    model = _slotted_model(slot_long_ms=(20.0, 200.0))
+    torch.nn.init.normal_(model.slot_long_out.weight, std=0.5)
+    step = CompiledStep.build(model, str(tmp_path), tuned=False)
+    x = (0.02 * np.random.default_rng(6).standard_normal((2, 20_000))).astype(np.float32)
+    hops = [220, 1, 640, 7, 1500]
+    before = _stream(Streamer(model, _request()), x, hops)
+    streamer = Streamer(model, _request(), step)
+    fast = _stream(streamer, x, hops)
+    assert streamer.compiled_blocks >= x.shape[1] // model.config.block - model.config.window - 14
+    assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
+    # The long context moves the output (the branch is live, not a zero projection).
+    model.slot_long_out.weight.data.zero_()
+    assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
+        before).max()
+
+
 def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, cache = compiled
     files = sorted(p.name for p in Path(cache).iterdir())
