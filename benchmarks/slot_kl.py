@@ -1,0 +1,99 @@
+"""Slot-weight KL of models against the stems' true shares, beside lagged true shares.
+
+The slot KL (`training.losses.slot_weight_loss`, nats: each slot's true share of a band's power
+against the weights, loud bands weighing more) of each model's slot head on fixed validation
+examples of CAD2-layout roots, the ones `tutti train` validates on, next to references on the
+same bands: uniform weights (what a head that knows nothing scores) and the true shares of a
+causal exponential mean of each stem's band power (``--tau-ms``: shares as they were over the
+last that many ms; `benchmarks/slot_headroom.py` gives their HAAQI).
+
+Usage: ``python benchmarks/slot_kl.py ROOT [ROOT ...] --model models/causal [--model M2 ...]
+[--split valid] [--examples 32] [--config conf/train_causal.yaml] [--tau-ms 50 200 1000]``
+(the examples as the config's training validates: its ``data`` settings, uniform over items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.apply import load_model  # noqa: E402
+from model.tutti import exponential_mean, present_slots  # noqa: E402
+from training.dataset import RebalanceDataset, fixed_examples  # noqa: E402
+from training.losses import slot_weight_loss  # noqa: E402
+from training.train import example_config, load_config, slot_weight_targets  # noqa: E402
+
+
+def lagged_log_shares(power: torch.Tensor, valid: torch.Tensor, decay: float) -> torch.Tensor:
+    """Log true shares of ``power (B, K, 2, frames, bands)`` after a causal exponential mean
+    over frames (``decay`` per frame; 0: the shares themselves); ``-inf`` where ``valid (B, K)``
+    is false (padding)."""
+    b, k, c, t, f = power.shape
+    if decay > 0:
+        flat = power.permute(0, 1, 2, 4, 3).reshape(b, k * c * f, t)
+        power = exponential_mean(flat, decay)[0].reshape(b, k, c, f, t).permute(0, 1, 2, 4, 3)
+    shares = power / power.sum(1, keepdim=True).clamp(min=1e-20)
+    pad = ~valid[:, :, None, None, None].expand_as(shares)
+    return shares.clamp(min=1e-12).log().masked_fill(pad, float("-inf"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", type=Path, nargs="+")
+    parser.add_argument("--model", type=Path, action="append", required=True)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--examples", type=int, default=32)
+    parser.add_argument("--config", type=Path, default=Path("conf/train_causal.yaml"))
+    parser.add_argument("--tau-ms", type=float, nargs="*", default=[50.0, 200.0, 1000.0])
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+
+    models = {str(m): load_model(m) for m in args.model}
+    first = next(iter(models.values()))
+    if not first.config.slot_gains:
+        raise SystemExit(f"{args.model[0]}: the model has no slot gains")
+    cfg = load_config(args.config, ["loss.w_slot_weights=1", "data.balance_slots=0"])
+    config = example_config(cfg)
+    dataset = RebalanceDataset([str(r) for r in args.roots], args.split, config, seed=12345)
+    examples = fixed_examples(dataset, args.examples, seed=12345)
+    hop_ms = 1e3 * (first.config.fb_synthesis // 2) / first.config.sample_rate
+    references = {"uniform": None, "true shares": 0.0}
+    references.update({f"true shares, {t:g} ms mean": math.exp(-hop_ms / t)
+                       for t in args.tau_ms})
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for start in range(0, len(examples), args.batch):
+            chunk = examples[start : start + args.batch]
+            b = {k: torch.stack([e[k] for e in chunk]) for k in chunk[0]}
+            for name, model in models.items():
+                internals: dict = {}
+                model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
+                      b["makeup_db"], hearing_aid=False, internals=internals)
+                log_weights, power = slot_weight_targets(model, b, internals)
+                kl = slot_weight_loss(log_weights, power).item()
+                totals[name] = totals.get(name, 0.0) + kl * len(chunk)
+            _, valid = present_slots(b["presence"])
+            for name, decay in references.items():
+                if decay is None:
+                    log_shares = torch.zeros_like(power).masked_fill(
+                        ~valid[:, :, None, None, None].expand_as(power), float("-inf")
+                    ).log_softmax(1)
+                else:
+                    log_shares = lagged_log_shares(power, valid, decay)
+                kl = slot_weight_loss(log_shares, power).item()
+                totals[name] = totals.get(name, 0.0) + kl * len(chunk)
+    roots = ", ".join(str(r) for r in args.roots)
+    print(f"slot KL (nats) on {len(examples)} [{args.split}] examples of {roots}, "
+          f"{config.seconds:g} s each:")
+    for name, total in totals.items():
+        print(f"  {name:40s} {total / len(examples):.4f}")
+
+
+if __name__ == "__main__":
+    main()
