@@ -28,21 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.batch import Pair, hearing_aid, run_batch  # noqa: E402
 from model.filterbank import LowDelaySTFT, apply_gain, power_spectrum  # noqa: E402
 from model.hearing_aid import adjust_level  # noqa: E402
-from model.tutti import band_matrix  # noqa: E402
+from model.tutti import band_matrix, exponential_mean  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 
 SAMPLE_RATE = 44100
 
 
 def running_mean(power: torch.Tensor, hop: int, tau_ms: float) -> torch.Tensor:
-    """Causal exponential mean over frames (dim 2) of ``power (K, 2, frames, bands)``."""
+    """Causal exponential mean over frames (dim 2) of ``power (K, 2, frames, bands)``, started
+    from zero: frame ``t`` is ``(1 - decay) * sum_k decay**k power[t - k]``, the normalised
+    :func:`model.tutti.exponential_mean` times its weight so far ``1 - decay**(t + 1)``."""
     decay = math.exp(-hop / (SAMPLE_RATE * tau_ms / 1000))
-    acc = torch.zeros_like(power[:, :, 0])
-    out = torch.empty_like(power)
-    for t in range(power.shape[2]):
-        acc = decay * acc + (1 - decay) * power[:, :, t]
-        out[:, :, t] = acc
-    return out
+    k, c, frames, bands = power.shape
+    mean, _ = exponential_mean(power.transpose(2, 3).reshape(k * c, bands, frames), decay)
+    weight = 1 - decay ** torch.arange(1, frames + 1, dtype=power.dtype)
+    return (mean * weight).reshape(k, c, bands, frames).transpose(2, 3)
 
 
 @dataclass

@@ -62,9 +62,8 @@ def main() -> None:
     config = example_config(cfg)
     dataset = RebalanceDataset([str(r) for r in args.roots], args.split, config, seed=12345)
     examples = fixed_examples(dataset, args.examples, seed=12345)
-    hop_ms = 1e3 * (first.config.fb_synthesis // 2) / first.config.sample_rate
     references = {"uniform": None, "true shares": 0.0}
-    references.update({f"true shares, {t:g} ms mean": math.exp(-hop_ms / t)
+    references.update({f"true shares, {t:g} ms mean": math.exp(-first.config.frame_ms / t)
                        for t in args.tau_ms})
     totals: dict[str, float] = {}
     with torch.no_grad():

@@ -128,6 +128,11 @@ class TuttiConfig(PretrainedConfig):
         return self.fb_synthesis // 2
 
     @property
+    def frame_ms(self) -> float:
+        """Milliseconds per gain frame (the filterbank hop, ``fb_synthesis / 2`` samples)."""
+        return 1e3 * (self.fb_synthesis // 2) / self.sample_rate
+
+    @property
     def lookahead(self) -> int:
         """Causal: the furthest input sample ahead of an output sample that it depends on."""
         return self.block - 1 + self.delay
@@ -589,9 +594,8 @@ class TuttiModel(PreTrainedModel):
         past the end), which equals flipping, smoothing and flipping back, without the
         copies; no stream (``state`` None)."""
         cfg = self.config
-        hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
-        decay = math.exp(-hop_ms / cfg.gain_smooth_ms)
-        taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / hop_ms))
+        decay = math.exp(-cfg.frame_ms / cfg.gain_smooth_ms)
+        taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / cfg.frame_ms))
         if state is None:
             edge = log_gain[:, :, -1:] if reverse else log_gain[:, :, :1]
             state = edge.expand(-1, -1, taps - 1, -1)
@@ -630,12 +634,11 @@ class TuttiModel(PreTrainedModel):
         ``x (B, 2 bins + c, frames)``: GELU features averaged by :func:`exponential_mean` per
         time constant (non-causal: then backwards too, zero phase); ``state`` carries a stream."""
         cfg = self.config
-        hop_ms = 1e3 * (cfg.fb_synthesis // 2) / cfg.sample_rate
         h = F.gelu(pointwise(self.slot_long_in, x))
         state = state or [None] * len(cfg.slot_long_ms)
         out, new_state = [], []
         for tau, carried in zip(cfg.slot_long_ms, state, strict=True):
-            decay = math.exp(-hop_ms / tau)
+            decay = math.exp(-cfg.frame_ms / tau)
             mean, carried = exponential_mean(h, decay, carried)
             if not cfg.causal:
                 mean = exponential_mean(mean.flip(-1), decay)[0].flip(-1)

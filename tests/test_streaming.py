@@ -138,15 +138,23 @@ def test_compiled_stream_matches_eager(compiled: tuple[TuttiModel, CompiledStep,
 def test_compiled_min_phase_stream_matches_eager(tmp_path: Path) -> None:
     """With ``min_phase`` the compiled step takes a block's phase from its cos/sin basis (no
     FFT in the graph) and streams as the eager model does."""
-    model = _slotted_model(min_phase=True)
-    step = CompiledStep.build(model, str(tmp_path), tuned=False)  # ATen's products: faster built
-    x = (0.02 * np.random.default_rng(5).standard_normal((2, 20_000))).astype(np.float32)
+    _assert_compiled_stream_matches_eager(_slotted_model(min_phase=True), tmp_path, seed=5)
+
+
+def _assert_compiled_stream_matches_eager(model: TuttiModel, cache: Path, seed: int
+                                          ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Streams 20,000 random samples through ``model`` eagerly and through its untuned compiled
+    step (ATen's products: faster built), asserts the two agree with nearly every settled block
+    compiled, and returns the input, the eager output and the hops."""
+    step = CompiledStep.build(model, str(cache), tuned=False)
+    x = (0.02 * np.random.default_rng(seed).standard_normal((2, 20_000))).astype(np.float32)
     hops = [220, 1, 640, 7, 1500]
     before = _stream(Streamer(model, _request()), x, hops)
     streamer = Streamer(model, _request(), step)
     fast = _stream(streamer, x, hops)
     assert streamer.compiled_blocks >= x.shape[1] // model.config.block - model.config.window - 14
     assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
+    return x, before, hops
 
 
 def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None:
@@ -154,14 +162,7 @@ def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None
     and streams as the eager model does."""
     model = _slotted_model(slot_long_ms=(20.0, 200.0))
     torch.nn.init.normal_(model.slot_long_out.weight, std=0.5)
-    step = CompiledStep.build(model, str(tmp_path), tuned=False)
-    x = (0.02 * np.random.default_rng(6).standard_normal((2, 20_000))).astype(np.float32)
-    hops = [220, 1, 640, 7, 1500]
-    before = _stream(Streamer(model, _request()), x, hops)
-    streamer = Streamer(model, _request(), step)
-    fast = _stream(streamer, x, hops)
-    assert streamer.compiled_blocks >= x.shape[1] // model.config.block - model.config.window - 14
-    assert np.abs(fast - before).max() <= 1e-5 * max(1.0, float(np.abs(before).max()))
+    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=6)
     # The long context moves the output (the branch is live, not a zero projection).
     model.slot_long_out.weight.data.zero_()
     assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
