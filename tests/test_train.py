@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import build_model, load_config, train, trainable_parameters, transferable
+from training.train import (
+    build_model,
+    load_config,
+    train,
+    trainable_parameters,
+    transferable,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train_tiny.yaml"
 
@@ -120,6 +126,27 @@ def test_init_from_another_layout() -> None:
         transferable(wider, {"decoder.9.weight": torch.zeros(1)}, "source")
     with pytest.raises(ValueError, match="no weight has this model's shape"):
         transferable(wider, {"encoder.1.mix.weight": torch.zeros(1)}, "source")
+
+
+def test_init_a_per_bin_slot_head_from_a_per_band_one() -> None:
+    """A per-band slot head initialises a per-bin one: every slot's per-bin logits are its
+    band logits interpolated by the source's band matrix, the rest is copied."""
+    layout = ["model.slot_gains=true", "model.slot_spectral=16"]
+    source = build_model(load_config(CONF, [*layout, "model.slot_bands=8"]))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    per_bin = build_model(load_config(CONF, [*layout, "model.slot_bands=0"]))
+    weights = transferable(per_bin, source.state_dict(), "source")
+    assert "slot_band_to_bin" not in weights and "slot_head.weight" in weights
+    per_bin.load_state_dict(weights, strict=False)
+    assert torch.equal(per_bin.slot_mid.weight, source.slot_mid.weight)
+    features = torch.randn(1, 16, 5)
+    slots, bins = len(source.config.slots), source.slot_band_to_bin.shape[1]
+    band_logits = source.slot_head(features).reshape(slots, 2, 8, 5)
+    expected = torch.einsum("sefT,fk->sekT", band_logits, source.slot_band_to_bin)
+    got = per_bin.slot_head(features).reshape(slots, 2, bins, 5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_train_only_the_named_parameters(cad2_root: Path, tmp_path: Path) -> None:

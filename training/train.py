@@ -195,6 +195,31 @@ def load_checkpoint(folder: Path, model: TuttiModel, optimizer: torch.optim.Opti
     return meta
 
 
+def spread_slot_bands(model: TuttiModel,
+                      weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` of a saved model whose slot head is per band (it holds ``slot_band_to_bin``,
+    ``(bands, bins)``) with that head spread to the bins, for a ``model`` with per-bin slot
+    weights on as many bins: each slot's per-bin logits are its band logits interpolated by the
+    band matrix, so the weights start where the bands were. Other weights pass unchanged."""
+    bands = weights.get("slot_band_to_bin")
+    cfg = model.config
+    if bands is None or not cfg.slot_gains or cfg.slot_bands or "slot_head.weight" not in weights:
+        return weights
+    slots, (n_bands, bins) = len(cfg.slots), bands.shape
+    weight, bias = weights["slot_head.weight"], weights["slot_head.bias"]
+    if (model.slot_head.weight.shape[0], weight.shape[0]) != (slots * 2 * bins,
+                                                              slots * 2 * n_bands):
+        return weights  # another bin count: left to the shape check
+    channels = weight.shape[1]
+    spread = {k: v for k, v in weights.items() if k != "slot_band_to_bin"}
+    spread["slot_head.weight"] = torch.einsum(
+        "sefc,fk->sekc", weight[..., 0].reshape(slots, 2, n_bands, channels), bands
+    ).reshape(-1, channels, 1)
+    spread["slot_head.bias"] = torch.einsum(
+        "sef,fk->sek", bias.reshape(slots, 2, n_bands), bands).reshape(-1)
+    return spread
+
+
 def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
                  source: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of ``weights`` (a saved model) that fit ``model``: same name and shape.
@@ -203,9 +228,11 @@ def transferable(model: TuttiModel, weights: dict[str, torch.Tensor],
     and the transformer); the rest keeps its initialisation. Buffers (the filterbank's windows,
     band matrices) are computed from the model's own config and never taken: a window of the
     same length may differ (a 128-sample synthesis window depends on the analysis window).
-    Raises on names the model lacks (a different network, not a different size) or when nothing
-    fits.
+    A per-band slot head (``slot_bands``) becomes a per-bin one for a model without slot bands
+    (:func:`spread_slot_bands`). Raises on names the model lacks (a different network, not a
+    different size) or when nothing fits.
     """
+    weights = spread_slot_bands(model, weights)
     own = model.state_dict()
     unknown = [k for k in weights if k not in own]
     if unknown:
