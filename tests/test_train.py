@@ -13,13 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import (
-    build_model,
-    load_config,
-    train,
-    trainable_parameters,
-    transferable,
-)
+from training.train import build_model, load_config, train, trainable_parameters, transferable
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "train_tiny.yaml"
 
