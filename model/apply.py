@@ -85,6 +85,22 @@ def keep_freed_memory() -> bool:
     return _MALLOC_TUNED
 
 
+def pick_device(name: str = "auto") -> str:
+    """A torch device for ``name``: ``cpu``, ``cuda`` / ``cuda:N``, or ``auto`` (``cuda`` when
+    available, else ``cpu``). Raises ValueError for other names and for CUDA where there is none.
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine "
+                             "(use cpu or auto)")
+        return name
+    raise ValueError(f"device {name!r}: expected cpu, cuda, cuda:N or auto")
+
+
 def load_model(path: str | Path, device: str = "cpu") -> TuttiModel:
     """Load a saved model folder (``config.json`` + ``model.safetensors``), offline (and
     :func:`keep_freed_memory`)."""

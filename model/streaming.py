@@ -301,6 +301,8 @@ class Streamer:
     """One live session. ``process(chunk (2, n) float32) -> (2, m) float32`` at 44.1 kHz.
 
     ``step``: the model's :class:`CompiledStep`, for settled blocks (see the module's notes).
+    The network runs on the model's device (chunks in and remix out cross to it and back); the
+    hearing aid, whose smoother is a sample loop, runs on the CPU.
     """
 
     def __init__(self, model: TuttiModel, request: Request,
@@ -310,8 +312,11 @@ class Streamer:
         self.model = model
         self.block = model.config.block
         self.request = request
-        self.gains, self.presence, listener = request.tensors()
-        self.listener = Listener(listener.audiogram, listener.ratio, listener.makeup_db)
+        self.device = next(model.parameters()).device
+        gains, presence, listener = request.tensors()
+        self.gains, self.presence = gains.to(self.device), presence.to(self.device)
+        self.listener = Listener(*(t.to(self.device) for t in (
+            listener.audiogram, listener.ratio, listener.makeup_db)))
         self.step = step
         self.compiled_blocks = 0
         self._settled = False
@@ -370,7 +375,8 @@ class Streamer:
             mixed = self._run_compiled(x)
         else:
             mixed, state = self.model.remix_aligned(
-                torch.from_numpy(x)[None], self.gains, self.presence, self.listener,
+                torch.from_numpy(x)[None].to(self.device), self.gains, self.presence,
+                self.listener,
                 self._with_slots(0))
             # Settled: the state's shapes no longer change and the output delay has drained.
             self._settled = (self.step is not None and state["skip"] == 0
@@ -379,7 +385,7 @@ class Streamer:
                 del state["skip"]
                 state = _contiguous(state)
             self._state = state
-        mixed = mixed[0].double().numpy()
+        mixed = mixed[0].double().cpu().numpy()
         y, self._ha_state = self.model.hearing_aid.stream(
             mixed, self.request.ratio, self.request.makeup_db, self._ha_state)
         self._emitted += y.shape[1]

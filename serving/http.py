@@ -176,7 +176,7 @@ async def _live_session(websocket: WebSocket, rt: runtime.Runtime) -> None:
         if params.sample_rate not in list(cfg.audio.output_rates):
             raise ClientError(422, f"sample_rate {params.sample_rate} Hz: choose one of "
                                    f"{list(cfg.audio.output_rates)}")
-        session = LiveSession(rt.engine.models[True], resolve(params, rt.presets, cfg),
+        session = LiveSession(rt.live_model, resolve(params, rt.presets, cfg),
                               params.channels, params.input_gain_db,
                               int(cfg.limits.max_frame_samples), params.sample_rate,
                               rt.live_step)

@@ -11,7 +11,7 @@ import anyio
 import torch
 from omegaconf import DictConfig
 
-from model.apply import load_model
+from model.apply import load_model, pick_device
 from model.streaming import CompiledStep
 from model.tutti import TuttiModel
 from serving.config import model_path
@@ -19,24 +19,29 @@ from serving.engine import Engine
 from serving.params import Preset, load_presets
 
 
-def pick_device(cfg: DictConfig) -> str:
-    """``cuda`` when configured or (``auto``) available, else ``cpu``."""
-    if cfg.models.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(cfg.models.device)
-
-
 def load_engine(cfg: DictConfig, threads: int = 0) -> Engine:
     """Both shipped models on the configured device, wrapped in the batching rules;
     ``threads``: torch intra-op threads of this process (0: torch's default)."""
     if threads:
         torch.set_num_threads(int(threads))
-    device = pick_device(cfg)
+    device = pick_device(str(cfg.models.device))
     models: dict[bool, TuttiModel] = {
         causal: load_model(model_path(cfg, causal), device=device) for causal in (False, True)
     }
     return Engine(models, cfg.batching.bucket_seconds, cfg.batching.chunk_seconds,
                   cfg.batching.overlap_seconds)
+
+
+def load_live_model(cfg: DictConfig, engine: Engine) -> TuttiModel:
+    """The causal model live sessions run: on ``streaming.device``, the engine's own when it is
+    there, else a second copy (GPU serving keeps live sessions on the CPU: 5 ms hops through the
+    eager step take longer on an H200 than one hop lasts, ``benchmarks/gpu_check.py``)."""
+    want = torch.device(pick_device(str(cfg.streaming.device)))
+    model = engine.models[True]
+    have = next(model.parameters()).device
+    if have.type == want.type and want.index in (None, have.index):
+        return model
+    return load_model(model_path(cfg, True), device=str(want))
 
 
 @dataclass
@@ -53,6 +58,11 @@ class Runtime:
     stream_limiter: anyio.CapacityLimiter | None = None
     live_step: CompiledStep | None = None
     live_step_status: str = "off"
+    live_model: TuttiModel | None = None  # None: :func:`load_live_model` at construction
+
+    def __post_init__(self) -> None:
+        if self.live_model is None:
+            self.live_model = load_live_model(self.cfg, self.engine)
 
     @classmethod
     def create(cls, cfg: DictConfig) -> Runtime:
@@ -65,8 +75,8 @@ class Runtime:
     def start_live_step(self) -> None:
         """Build the causal model's :class:`CompiledStep` in a background thread; live sessions
         opened once it is ready use it (``live_step_status``: off, building, ready or the
-        failure). CPU only: on a GPU the eager step is already fast."""
-        model = self.engine.models[True]
+        failure). CPU only (``streaming.device``)."""
+        model = self.live_model
         if not self.cfg.streaming.compiled_live:
             return
         if next(model.parameters()).device.type != "cpu":

@@ -71,6 +71,27 @@ def test_rebalance_any_rate_mono(tmp_path: Path, capsys) -> None:
     bad[1] = str(tmp_path / "nan.wav")
     assert main(bad) == 2
     assert "NaN or infinite" in capsys.readouterr().err
+    assert main([*args, "--device", "tpu"]) == 2
+    assert "device 'tpu': expected cpu, cuda, cuda:N or auto" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda"]) == 2
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+    out.unlink()
+    assert main([*args, "--device", "auto"]) == 0  # the CPU here, the GPU where there is one
+    again, _ = sf.read(str(out), always_2d=True)
+    assert np.abs(again - data).max() < 1e-3
+
+
+def test_enhance_on_a_gpu_runs_in_one_process(cad2_root: Path, tmp_path: Path, capsys,
+                                               monkeypatch) -> None:
+    """A GPU model is not handed to worker processes: --jobs > 1 with a GPU is refused first."""
+    import model.apply
+
+    monkeypatch.setattr(model.apply, "pick_device", lambda name: "cuda")
+    assert main(["enhance", str(cad2_root), "--out", str(tmp_path), "--device", "cuda",
+                 "--jobs", "2"]) == 2
+    assert "--device cuda runs in one process: drop --jobs 2" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*.flac"))
 
 
 def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys) -> None:

@@ -261,6 +261,19 @@ def test_cli_serve_refuses_bad_settings(capsys) -> None:
     assert "batching.max_batch_size" in capsys.readouterr().err
 
 
+def test_live_sessions_run_on_the_streaming_device(engine: Engine, presets) -> None:
+    """Live sessions use the engine's causal model when it sits on ``streaming.device`` (the
+    CPU by default, where the compiled step runs); a device that does not exist is named."""
+    import serving.runtime as runtime_module
+
+    cfg = load_config(overrides=["streaming.compiled_live=false"])
+    rt = runtime_module.Runtime(cfg, presets, engine)
+    assert rt.live_model is engine.models[True]
+    bad = load_config(overrides=["streaming.device=gpu"])
+    with pytest.raises(ValueError, match="device 'gpu': expected cpu, cuda, cuda:N or auto"):
+        runtime_module.Runtime(bad, presets, engine)
+
+
 def test_live_step_failure_leaves_sessions_eager(engine: Engine, presets, monkeypatch) -> None:
     """A worker whose compiled live step cannot be built (e.g. no C++ compiler) says why in
     ``live_step`` and serves live sessions eagerly."""

@@ -112,7 +112,7 @@ def _listener(args: argparse.Namespace):
 
 
 def _rebalance(args: argparse.Namespace) -> None:
-    from model.apply import Request, load_model, prepare_input, rebalance
+    from model.apply import Request, load_model, pick_device, prepare_input, rebalance
     from model.audio import SAMPLE_RATE, check_signal, read_audio, write_audio
 
     gains = parse_gains(args.gains)
@@ -122,17 +122,20 @@ def _rebalance(args: argparse.Namespace) -> None:
     signal, rate = read_audio(args.input, scale_sidecar=False)
     check_signal(signal, name=str(args.input), channels=(1, 2))
     signal = prepare_input(signal, rate, args.lufs)  # stereo, 44.1 kHz, -40 LUFS (as serving)
-    model = load_model(_model_dir(args))
+    model = load_model(_model_dir(args), device=pick_device(args.device))
     out = rebalance(model, signal, request, progress=True)
     write_audio(args.out, out, SAMPLE_RATE)
     print(f"wrote {args.out}")
 
 
 def _enhance(args: argparse.Namespace) -> None:
-    from model.apply import load_model
+    from model.apply import load_model, pick_device
     from model.batch import ModelSystem, run_batch
 
-    model = load_model(_model_dir(args))
+    device = pick_device(args.device)
+    if device != "cpu" and args.jobs > 1:
+        raise ValueError(f"--device {args.device} runs in one process: drop --jobs {args.jobs}")
+    model = load_model(_model_dir(args), device=device)
     paths = run_batch(args.root, args.split, args.out, ModelSystem(model), limit=args.limit,
                       desc="enhance", jobs=args.jobs)
     print(f"enhance: {len(paths)} file(s) in {args.out}")
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output file (FLAC/WAV, 44.1 kHz)")
     p.add_argument("--causal", action="store_true", help="use the causal (live) model")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if any)")
     p.add_argument("--lufs", type=float, default=-40.0, help="input level the model expects")
     p.set_defaults(func=_rebalance)
 
@@ -258,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--causal", action="store_true")
     p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda, cuda:N or auto (cuda if any; one process)")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.set_defaults(func=_enhance)
