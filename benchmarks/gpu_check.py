@@ -11,6 +11,8 @@ One run prints:
    GPU, hearing aid on the CPU, as the CLI runs it) and the engine's stream (likewise),
    median of ``--repeats`` passes after a first one; a batch of ``--batch`` 10 s jobs through the
    engine (audio seconds per wall second); the live Streamer's compute per 5 ms hop.
+3. A serving worker as ``conf/serving.yaml`` sets it up: the devices of its engine's and its
+   live sessions' models, and a live session (eager) against the CPU's output.
 
 Usage: ``python benchmarks/gpu_check.py [--seconds 60] [--repeats 3] [--batch 16]
 [--device cuda]``.
@@ -83,6 +85,22 @@ def live(model, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs, axis=1)
 
 
+def serving(x: np.ndarray, request, ref: np.ndarray) -> None:
+    """A serving worker as configured (``conf/serving.yaml``, compiled live step off): where
+    its engine's and its live sessions' models sit, and a live session's output."""
+    from serving.config import load_config
+    from serving.runtime import Runtime
+
+    cfg = load_config(overrides=["streaming.compiled_live=false"])
+    rt = Runtime.create(cfg)
+    assert rt.live_model is not None
+    print(f"3. Serving worker (models.device={cfg.models.device}, "
+          f"streaming.device={cfg.streaming.device}): engine models on "
+          f"{next(rt.engine.models[True].parameters()).device}, live sessions' model on "
+          f"{next(rt.live_model.parameters()).device}, {torch.get_num_threads()} thread(s)")
+    difference("live Streamer (worker) vs CPU rebalance", live(rt.live_model, x), ref)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -143,6 +161,7 @@ def main() -> None:
         print(f"  {name:10s} engine batch of {args.batch} x 10 s (hearing aid on the GPU): "
               f"{med:.2f} s "
               f"({10 * args.batch / med:.0f} audio seconds per second), first pass {first:.2f} s")
+    serving(x[:, : int(args.live_seconds * SAMPLE_RATE)], request, ref)
     if gpu.startswith("cuda"):
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(gpu) / 2**30:.1f} GiB")
 
