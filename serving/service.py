@@ -32,7 +32,7 @@ from starlette.responses import Response, StreamingResponse  # noqa: E402
 from model.apply import prepare_input  # noqa: E402
 from model.audio import SAMPLE_RATE  # noqa: E402
 from serving import runtime  # noqa: E402
-from serving.config import load_config  # noqa: E402
+from serving.config import batching_on, load_config  # noqa: E402
 from serving.engine import Job  # noqa: E402
 from serving.http import BodyTooLarge, UploadGuard, error_response, make_app  # noqa: E402
 from serving.media import MEDIA_TYPES, decode, encode, pcm16, wav_header  # noqa: E402
@@ -114,7 +114,7 @@ class TuttiEngine:
     def __init__(self) -> None:
         self.engine = load_engine(CFG, int(CFG.models.engine_threads))
 
-    @bentoml.api(batchable=bool(CFG.batching.enabled),
+    @bentoml.api(batchable=batching_on(CFG),
                  max_batch_size=int(CFG.batching.max_batch_size),
                  max_latency_ms=int(CFG.batching.max_latency_ms))
     def rebalance_batch(self, jobs: list[Any]) -> list[Any]:
