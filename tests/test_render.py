@@ -328,3 +328,37 @@ def test_timbre_blocks() -> None:
     assert gain[int(0.1 * SR)] == pytest.approx(0.2) and gain[int(0.2 * SR)] == 1.0
     curve = T.pitch_curve(T.pitch_style(rng, "Violin", 0.0), np.array([0.0]), 100, 0.01, rng)
     assert np.allclose(curve, 0.0)
+
+
+# --------------------------------------------------------------------------------- render kit
+
+
+@pytest.mark.skipif(not Path("/usr/share/sounds/sf2/FluidR3_GM.sf2").is_file(),
+                    reason="scripts/setup.sh installs FluidR3_GM")
+def test_render_from_a_kit_without_music21(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    """A render kit (score pack + SoundFont subset) renders on a machine without music21 and
+    without the SoundFont packages' files: only packed works are drawn, unused sources need not
+    exist, and a work outside the pack is named."""
+    listed = C.list_works()
+    works = {g: list(listed[g][:3]) for g in ("chorales", "palestrina", "madrigals")}
+    with_music21 = C.load_work(works["chorales"][0], cache)
+    kit = R.make_render_kit(tmp_path / "kit", works=works)
+    assert any(k.startswith("timbre.sources.fluidr3=") for k in kit)
+    assert not any(k.startswith("timbre.sources.musescore=") for k in kit)  # held out: stays
+    monkeypatch.setitem(__import__("sys").modules, "music21", None)  # import music21 fails
+    try:
+        overrides = [*TINY, *kit, "timbre.sources.musescore=/nonexistent/held-out.sf3"]
+        root = R.render_dataset(tmp_path / "root", HOURS, seed=7, overrides=overrides,
+                                progress=False)
+        assert C.list_works() == {g: tuple(ws) for g, ws in works.items()}
+        packed = C.load_work(works["chorales"][0])
+        np.testing.assert_array_equal(packed.parts[0].notes, with_music21.parts[0].notes)
+        with pytest.raises(C.BadScoreError, match="not in the score pack"):
+            C.load_work(listed["chorales"][5])
+    finally:
+        C.use_score_pack(None)
+    music = _load(root, "music.train.json")
+    drawn = {m["mixture"]["tutti"]["work"] for m in music.values()}
+    assert drawn and drawn <= {w for ws in works.values() for w in ws}, drawn
+    assert len(list((root / "audio").iterdir())) >= 4
+    assert not any("valid_timbre" in p.name for p in (root / "audio").iterdir())

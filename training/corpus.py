@@ -167,13 +167,20 @@ def corpus_root() -> Path:
     return Path(common.getCorpusFilePath())
 
 
-@lru_cache(maxsize=1)
 def list_works() -> dict[str, tuple[str, ...]]:
     """``{group: (work id, ...)}`` of every usable, non-reserved corpus score (sorted).
 
     One file per movement: MusicXML is preferred where a Humdrum copy of the same movement exists;
-    analyses (``.rntxt``), backups and known non-ensemble pieces are left out.
+    analyses (``.rntxt``), backups and known non-ensemble pieces are left out. With a score pack
+    in use (:func:`use_score_pack`), the pack's listing.
     """
+    if _PACK is not None:
+        return {g: tuple(ws) for g, ws in _PACK["works"].items()}
+    return _list_corpus_works()
+
+
+@lru_cache(maxsize=1)
+def _list_corpus_works() -> dict[str, tuple[str, ...]]:
     root = corpus_root()
     out: dict[str, tuple[str, ...]] = {}
     for group, composers in _GROUP_COMPOSERS.items():
@@ -416,6 +423,8 @@ def _extract(work_id: str) -> dict:
 
 
 def _music21_version() -> str:
+    if _PACK is not None:
+        return str(_PACK["music21"])
     import music21
 
     return str(music21.__version__)
@@ -441,6 +450,8 @@ def load_work(work_id: str, cache_dir: str | Path | None = None) -> Work:
         raise ReservedWorkError(f"{work_id} is reserved for testing and never rendered")
     if work_id in _MEMORY:
         return _MEMORY[work_id]
+    if _PACK is not None:
+        cache_dir = _PACK["folder"]
     data = None
     cache_path = _cache_file(Path(cache_dir), work_id) if cache_dir else None
     if cache_path is not None and cache_path.is_file():
@@ -451,6 +462,8 @@ def load_work(work_id: str, cache_dir: str | Path | None = None) -> Work:
                 data = None
         except (OSError, json.JSONDecodeError):
             data = None
+    if data is None and _PACK is not None:
+        raise BadScoreError(f"{work_id}: not in the score pack {_PACK['folder']}")
     if data is None:
         data = _extract(work_id)
         if cache_path is not None:
@@ -470,6 +483,89 @@ def load_work(work_id: str, cache_dir: str | Path | None = None) -> Work:
         _MEMORY.pop(next(iter(_MEMORY)))
     _MEMORY[work_id] = work
     return work
+
+
+# --------------------------------------------------------------------------------------------
+# Score packs: the corpus's note lists without music21
+
+PACK_LISTING = "listing.json"
+"""A score pack's index: ``{"music21": version, "cache_version": n, "works": {group: [id]}}``."""
+_PACK: dict | None = None
+
+
+def use_score_pack(folder: str | os.PathLike | None) -> None:
+    """List and read works from the score pack in ``folder`` (:func:`make_score_pack`) instead of
+    music21's corpus, so that a machine without music21 can render; ``None``: music21 again (the
+    same folder again: nothing to do). Raises FileNotFoundError / ValueError for a folder that
+    is not a current score pack."""
+    global _PACK
+    if folder is not None and _PACK is not None and _PACK["folder"] == Path(folder):
+        return
+    _MEMORY.clear()
+    if folder is None:
+        _PACK = None
+        return
+    listing = Path(folder) / PACK_LISTING
+    if not listing.is_file():
+        raise FileNotFoundError(f"{folder}: no {PACK_LISTING} (make one with tutti data kit)")
+    index = json.loads(listing.read_text(encoding="utf-8"))
+    if index.get("cache_version") != CACHE_VERSION:
+        raise ValueError(f"{folder}: score pack of note-list version "
+                         f"{index.get('cache_version')}, this renderer reads {CACHE_VERSION}")
+    _PACK = {**index, "folder": Path(folder)}
+
+
+def _pack_one(args: tuple[str, str]) -> tuple[str, str | None]:
+    work_id, folder = args
+    _MEMORY.pop(work_id, None)  # loaded from elsewhere: it must land in the pack's folder
+    try:
+        load_work(work_id, folder)
+        return work_id, None
+    except BadScoreError as err:
+        return work_id, str(err)
+
+
+def make_score_pack(folder: str | os.PathLike, jobs: int = 1, progress: bool = True,
+                    works: dict[str, Sequence[str]] | None = None) -> dict[str, int]:
+    """Extract the note lists of every listed corpus work (``works``: only these, ``{group:
+    [work id]}``; music21 needed) into ``folder`` in :func:`load_work`'s cache format and
+    write the pack's listing of the works that loaded (atomically, last). Resumable: extracted
+    works are read back, not parsed again. Returns ``{"works": n, "skipped": n}``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    if _PACK is not None:
+        raise ValueError("make_score_pack reads music21's corpus: use_score_pack(None) first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    works = list_works() if works is None else works
+    reserved = [w for ws in works.values() for w in ws if is_reserved_work(w)]
+    if reserved:
+        raise ReservedWorkError(f"reserved works never go into a score pack: {reserved}")
+    jobs_list = [(w, str(folder)) for ws in works.values() for w in ws]
+    bar = tqdm(total=len(jobs_list), desc="scores", unit="work", disable=not progress)
+    bad: dict[str, str] = {}
+    if jobs <= 1:
+        results = map(_pack_one, jobs_list)
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        results = pool.map(_pack_one, jobs_list, chunksize=8)
+    for work_id, error in results:
+        if error is not None:
+            bad[work_id] = error
+        bar.update()
+    bar.close()
+    if jobs > 1:
+        pool.shutdown()
+    index = {"music21": _music21_version(), "cache_version": CACHE_VERSION,
+             "works": {g: [w for w in ws if w not in bad] for g, ws in works.items()},
+             "skipped": bad}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(index, fh, indent=1)
+    os.replace(tmp, folder / PACK_LISTING)
+    return {"works": sum(len(ws) for ws in index["works"].values()), "skipped": len(bad)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -891,12 +891,56 @@ def _task(args: tuple[dict, dict, str, str | None]) -> dict:
     spec_d, cfg_d, root, cache = args
     spec = ExcerptSpec(**spec_d)
     cfg = OmegaConf.create(cfg_d)
+    C.use_score_pack(cfg.corpus.get("score_pack"))  # a worker process: once
     try:
         return render_excerpt(spec, cfg, Path(root), Path(cache) if cache else None)
     except Exception as err:  # never let one excerpt kill the render
         logger.exception("%s failed", spec.music_id)
         return {"status": "failed", "music_id": spec.music_id, "split": spec.split,
                 "skipped": [["*", f"{type(err).__name__}: {err}"]]}
+
+
+def used_sources(cfg: DictConfig) -> list[str]:
+    """The timbre sources a render draws from: those with a share, and the held-out one when
+    ``splits.valid_timbre`` renders it (a source nothing draws from need not be installed)."""
+    used = [s for s in SOURCES if float(cfg.timbre.shares.get(s, 0.0)) > 0]
+    if cfg.splits.valid_timbre and cfg.timbre.heldout not in used:
+        used.append(str(cfg.timbre.heldout))
+    return used
+
+
+def source_presets(source: str) -> list[tuple[int, int]]:
+    """Every ``(bank, program)`` :func:`_preset` can pick from the SoundFont ``source``."""
+    sax = (64, 65, 66)
+    out = {(0, p) for p in GM_PROGRAMS.values()} | {(0, p) for p in sax}
+    for instrument, alts in ALT_PRESETS.get(source, {}).items():
+        for bank, program in alts:
+            out |= {(bank, p) for p in sax} if instrument == "Sax" else {(bank, program)}
+    return sorted(out)
+
+
+def make_render_kit(out: Path, jobs: int = 1, overrides: list[str] | None = None,
+                    works: dict[str, list[str]] | None = None) -> list[str]:
+    """What a machine without music21 or the SoundFont packages needs to render training data
+    (e.g. a GPU machine that only takes a small upload): ``out/scores`` (the corpus's note
+    lists, :func:`training.corpus.make_score_pack`) and, per SoundFont source with a training
+    share, ``out/<name>.sf2`` holding only the presets the renderer uses
+    (:func:`training.soundfont.subset_soundfont`). Returns the data-config overrides that
+    render from it (paths relative to ``out``'s parent; ``splits.valid_timbre=false``: the
+    held-out source stays behind). ``works``: pack only these (``{group: [work id]}``)."""
+    from training.soundfont import subset_soundfont
+
+    cfg = load_config(overrides)
+    out = Path(out)
+    C.make_score_pack(out / "scores", jobs=jobs, works=works)
+    kit = [f"corpus.score_pack={out / 'scores'}", "splits.valid_timbre=false"]
+    for name in used_sources(OmegaConf.merge(cfg, {"splits": {"valid_timbre": False}})):
+        if name == "procedural":
+            continue
+        target = out / f"{name}.sf2"
+        subset_soundfont(cfg.timbre.sources[name], target, source_presets(name))
+        kit.append(f"timbre.sources.{name}={target}")
+    return kit
 
 
 def _fingerprint(cfg: DictConfig, seed: int) -> str:
@@ -940,10 +984,11 @@ def render_dataset(out: Path, hours: float | None = None, seed: int = 0, jobs: i
     saved = OmegaConf.create({"fingerprint": fingerprint, "seed": int(seed), "hours": hours,
                               "config": cfg})
     conf_file.write_text(OmegaConf.to_yaml(saved), encoding="utf-8")
+    C.use_score_pack(cfg.corpus.get("score_pack"))
     cache = Path(cfg.cache_dir) if cfg.cache_dir else root / ".cache" / "scores"
-    for split, path in cfg.timbre.sources.items():
-        C.check_soundfont(path)
-        logger.debug("timbre source %s: %s", split, path)
+    for name in used_sources(cfg):
+        if name != "procedural":
+            C.check_soundfont(cfg.timbre.sources[name])
 
     specs = plan(cfg, hours, seed)
     cfg_d = OmegaConf.to_container(cfg, resolve=True)

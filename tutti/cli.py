@@ -149,6 +149,13 @@ def _render(args: argparse.Namespace) -> None:
     print(f"rendered CAD2 layout in {root}")
 
 
+def _kit(args: argparse.Namespace) -> None:
+    from training.render import make_render_kit
+
+    overrides = make_render_kit(args.out, jobs=args.jobs, overrides=args.overrides)
+    print("render from the kit with: tutti data render --out ROOT " + " ".join(overrides))
+
+
 def _train(args: argparse.Namespace) -> None:
     from training.train import load_config, train
 
@@ -277,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("overrides", nargs="*", help="key=value overrides of conf/data.yaml")
     p.set_defaults(func=_render)
+    p = data.add_parser("kit", help="score pack + SoundFont subsets: render without music21 "
+                        "or the SoundFont packages (e.g. on a GPU machine)")
+    p.add_argument("--out", type=Path, required=True, help="kit folder to create or resume")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of conf/data.yaml")
+    p.set_defaults(func=_kit)
 
     p = sub.add_parser("train", help="train a model from a conf/*.yaml config")
     p.add_argument("--config", type=Path, required=True)
