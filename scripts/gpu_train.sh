@@ -6,7 +6,9 @@
 # Stage b installs the wheels, renders HOURS (default 3) of training data with every core
 # (seed SEED, default 100: not one of the renders here), trains CONFIG for MINUTES with the
 # overrides, and leaves in $OUT the run's log and its best model (files over 15 MB split into
-# .part-aa, -ab...: `cat` them back together here).
+# .part-aa, -ab...: `cat` them back together here). Validation reports no HAAQI there
+# (train.valid_haaqi_pairs=0): pyclarity's recipe needs pyFLAC, which has no Python 3.12 wheel;
+# score the model here with benchmarks/quality.py.
 # (PY, SETUP=0 and KIT_DIR let it run here as a dry run: no wheels, no ldconfig.)
 set -euo pipefail
 K=${KIT_DIR:-/tmp/kit}
@@ -38,7 +40,8 @@ LD_LIBRARY_PATH="$K/libs" $PY -m tutti.cli data render --out ${DATA:-/tmp/data} 
     splits.valid_timbre=false 2>&1 | tail -c 2000
 echo "render: $(( $(date +%s) - t0 )) s"
 $PY -m tutti.cli train --config "$config" "data.roots=[${DATA:-/tmp/data}]" data.pcm_cache=/tmp/pcm \
-    data.workers=12 run_dir=${RUN:-/tmp/run} "train.max_minutes=$minutes" "$@" 2>&1 | tail -c 3000
+    data.workers=12 run_dir=${RUN:-/tmp/run} "train.max_minutes=$minutes" \
+    train.valid_haaqi_pairs=0 "$@" 2>&1 | tail -c 3000
 $PY -m tutti.cli export ${RUN:-/tmp/run} --out ${MODEL:-/tmp/model}
 cp ${RUN:-/tmp/run}/log.csv "$OUT"/ && mkdir -p "$OUT/model"
 for f in ${MODEL:-/tmp/model}/*; do
