@@ -256,10 +256,11 @@ def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
     that would swamp a mean). With ``loss.w_slot_weights`` the loss includes the slot KL
     (the examples then hold their stems)."""
     model.eval()
+    device = next(model.parameters()).device
     losses, sdr, sdr_noop, changed = [], [], [], []
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            b = _batch(examples[i : i + batch_size])
+            b = {k: v.to(device) for k, v in _batch(examples[i : i + batch_size]).items()}
             internals: dict | None = {} if loss_fn.w_slot_weights > 0 else None
             est = model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                         b["makeup_db"], hearing_aid=False, internals=internals)
