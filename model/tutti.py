@@ -73,6 +73,7 @@ class TuttiConfig(PretrainedConfig):
         slot_context: int = 1,
         slot_mean_order: float = 2.0,
         slot_long_ms: tuple[float, ...] = (),
+        slot_recurrent: int = 0,
         gain_smooth_ms: float = 0.0,
         min_phase: bool = False,
         dim: int = 128,
@@ -102,6 +103,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_context = int(slot_context)
         self.slot_mean_order = float(slot_mean_order)
         self.slot_long_ms = [float(t) for t in slot_long_ms]
+        self.slot_recurrent = int(slot_recurrent)
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.min_phase = bool(min_phase)
         self.dim = dim
@@ -280,8 +282,11 @@ class TuttiModel(PreTrainedModel):
         for name in ("slot_gate", "slot_spectral"):
             if getattr(config, name) and not config.slot_gains:
                 raise ValueError(f"{name} needs slot_gains")
-        if config.slot_long_ms and not config.slot_spectral:
-            raise ValueError("slot_long_ms needs slot_spectral")
+        for name in ("slot_long_ms", "slot_recurrent"):
+            if getattr(config, name) and not config.slot_spectral:
+                raise ValueError(f"{name} needs slot_spectral")
+        if config.slot_recurrent < 0:
+            raise ValueError(f"slot_recurrent must be >= 0 units, got {config.slot_recurrent}")
         if any(t <= 0 for t in config.slot_long_ms):
             raise ValueError(f"slot_long_ms must be > 0 ms, got {config.slot_long_ms}")
         if config.slot_context < 1:
@@ -340,6 +345,15 @@ class TuttiModel(PreTrainedModel):
                     self.slot_long_out = nn.Conv1d(h * len(config.slot_long_ms), h, 1)
                     nn.init.zeros_(self.slot_long_out.weight)
                     nn.init.zeros_(self.slot_long_out.bias)
+                if config.slot_recurrent:
+                    # A recurrent context: a GRU over the frames of the MLP's first-layer
+                    # features (forwards only, so causal; a stream carries its hidden state),
+                    # added through a projection that starts at zero.
+                    r = config.slot_recurrent
+                    self.slot_gru = nn.GRU(h, r, batch_first=True)
+                    self.slot_gru_out = nn.Conv1d(r, h, 1)
+                    nn.init.zeros_(self.slot_gru_out.weight)
+                    nn.init.zeros_(self.slot_gru_out.bias)
             self.slot_head = nn.Conv1d(slot_in, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
@@ -483,6 +497,10 @@ class TuttiModel(PreTrainedModel):
                     long, new_state["slot_long"] = self._slot_long_context(
                         spectrum_and_features, state.get("slot_long"))
                     features = features + pointwise(self.slot_long_out, long)
+                if cfg.slot_recurrent:
+                    seq, new_state["slot_gru"] = self.slot_gru(
+                        F.gelu(features).transpose(1, 2), state.get("slot_gru"))
+                    features = features + pointwise(self.slot_gru_out, seq.transpose(1, 2))
                 features = F.gelu(self.slot_presence(features, presence))
                 features = F.gelu(pointwise(self.slot_mid, features))
             request = state.get("slot_request") or self.slot_request(gains_db, presence)

@@ -34,6 +34,8 @@ SLOT_SPECTRAL = dict(SLOT, slot_spectral=16, slot_context=3)
 """With the slot weights from an MLP of the log spectrum (3 frames) and the head's features."""
 SLOT_LONG = dict(SLOT_SPECTRAL, slot_long_ms=(20.0, 100.0))
 """With the slot MLP also reading features averaged over the past (20 and 100 ms)."""
+SLOT_GRU = dict(SLOT_SPECTRAL, slot_recurrent=8)
+"""With the slot MLP also reading a GRU over its frames."""
 SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
 """With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
@@ -42,10 +44,11 @@ MIN_PHASE = dict(SMOOTH, min_phase=True)
 """With the gain applied as a minimum-phase filter per frame."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SMOOTH, MIN_PHASE],
+                               SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SMOOTH,
+                               MIN_PHASE],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
-                         "slot_bands", "slot_gate", "slot_spectral", "slot_long", "smooth",
-                         "min_phase"])
+                         "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
+                         "smooth", "min_phase"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -69,6 +72,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.slot_presence.proj.weight, std=0.5)
     if model.config.slot_long_ms:
         torch.nn.init.normal_(model.slot_long_out.weight, std=0.5)
+    if model.config.slot_recurrent:
+        torch.nn.init.normal_(model.slot_gru_out.weight, std=0.5)
     return model
 
 

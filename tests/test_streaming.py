@@ -169,6 +169,17 @@ def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None
         before).max()
 
 
+def test_compiled_slot_recurrent_stream_matches_eager(tmp_path: Path) -> None:
+    """With ``slot_recurrent`` the compiled step carries the GRU's hidden state and streams as
+    the eager model does."""
+    model = _slotted_model(slot_recurrent=8)
+    torch.nn.init.normal_(model.slot_gru_out.weight, std=0.5)
+    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=7)
+    model.slot_gru_out.weight.data.zero_()  # the GRU moves the output: it is live
+    assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
+        before).max()
+
+
 def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, cache = compiled
     files = sorted(p.name for p in Path(cache).iterdir())
