@@ -499,8 +499,8 @@ def use_score_pack(folder: str | os.PathLike | None) -> None:
     same folder again: nothing to do). Raises FileNotFoundError / ValueError for a folder that
     is not a current score pack."""
     global _PACK
-    if folder is not None and _PACK is not None and _PACK["folder"] == Path(folder):
-        return
+    if (None if _PACK is None else _PACK["folder"]) == (None if folder is None else Path(folder)):
+        return  # already so (render workers call this per excerpt: keep their parsed works)
     _MEMORY.clear()
     if folder is None:
         _PACK = None
@@ -532,6 +532,7 @@ def make_score_pack(folder: str | os.PathLike, jobs: int = 1, progress: bool = T
     write the pack's listing of the works that loaded (atomically, last). Resumable: extracted
     works are read back, not parsed again. Returns ``{"works": n, "skipped": n}``."""
     from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
 
     from tqdm import tqdm
 
@@ -546,18 +547,14 @@ def make_score_pack(folder: str | os.PathLike, jobs: int = 1, progress: bool = T
     jobs_list = [(w, str(folder)) for ws in works.values() for w in ws]
     bar = tqdm(total=len(jobs_list), desc="scores", unit="work", disable=not progress)
     bad: dict[str, str] = {}
-    if jobs <= 1:
-        results = map(_pack_one, jobs_list)
-    else:
-        pool = ProcessPoolExecutor(max_workers=jobs)
-        results = pool.map(_pack_one, jobs_list, chunksize=8)
-    for work_id, error in results:
-        if error is not None:
-            bad[work_id] = error
-        bar.update()
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else nullcontext() as pool:
+        results = pool.map(_pack_one, jobs_list, chunksize=8) if pool else map(_pack_one,
+                                                                                 jobs_list)
+        for work_id, error in results:
+            if error is not None:
+                bad[work_id] = error
+            bar.update()
     bar.close()
-    if jobs > 1:
-        pool.shutdown()
     index = {"music21": _music21_version(), "cache_version": CACHE_VERSION,
              "works": {g: [w for w in ws if w not in bad] for g, ws in works.items()},
              "skipped": bad}

@@ -75,6 +75,8 @@ GM_PROGRAMS: dict[str, int] = {
     "Flute": 73, "Sax": 65,
 }
 """General MIDI programs (bank 0)."""
+SAX_PROGRAMS: tuple[int, int, int] = (64, 65, 66)
+"""Soprano, alto and tenor sax (GM): the sax preset follows the part's register."""
 ALT_PRESETS: dict[str, dict[str, list[tuple[int, int]]]] = {
     "fluidr3": {"Violin": [(8, 40)]},
     "musescore": {inst: [(17, prog)] for inst, prog in GM_PROGRAMS.items()} | {
@@ -561,7 +563,8 @@ def _preset(source: str, instrument: str, median_pitch: float, rng: np.random.Ge
             alt_prob: float) -> tuple[int, int]:
     program = GM_PROGRAMS[instrument]
     if instrument == "Sax":
-        program = 66 if median_pitch < 56 else (64 if median_pitch > 74 else 65)
+        soprano, alto, tenor = SAX_PROGRAMS
+        program = tenor if median_pitch < 56 else (soprano if median_pitch > 74 else alto)
     alts = ALT_PRESETS.get(source, {}).get(instrument, [])
     if alts and rng.random() < alt_prob:
         bank, alt_program = alts[int(rng.integers(len(alts)))]
@@ -911,11 +914,10 @@ def used_sources(cfg: DictConfig) -> list[str]:
 
 def source_presets(source: str) -> list[tuple[int, int]]:
     """Every ``(bank, program)`` :func:`_preset` can pick from the SoundFont ``source``."""
-    sax = (64, 65, 66)
-    out = {(0, p) for p in GM_PROGRAMS.values()} | {(0, p) for p in sax}
+    out = {(0, p) for p in GM_PROGRAMS.values()} | {(0, p) for p in SAX_PROGRAMS}
     for instrument, alts in ALT_PRESETS.get(source, {}).items():
         for bank, program in alts:
-            out |= {(bank, p) for p in sax} if instrument == "Sax" else {(bank, program)}
+            out |= {(bank, p) for p in SAX_PROGRAMS} if instrument == "Sax" else {(bank, program)}
     return sorted(out)
 
 
@@ -926,8 +928,8 @@ def make_render_kit(out: Path, jobs: int = 1, overrides: list[str] | None = None
     lists, :func:`training.corpus.make_score_pack`) and, per SoundFont source with a training
     share, ``out/<name>.sf2`` holding only the presets the renderer uses
     (:func:`training.soundfont.subset_soundfont`). Returns the data-config overrides that
-    render from it (paths relative to ``out``'s parent; ``splits.valid_timbre=false``: the
-    held-out source stays behind). ``works``: pack only these (``{group: [work id]}``)."""
+    render from it (paths under ``out`` as given; ``splits.valid_timbre=false``: the held-out
+    source stays behind). ``works``: pack only these (``{group: [work id]}``)."""
     from training.soundfont import subset_soundfont
 
     cfg = load_config(overrides)
