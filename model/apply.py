@@ -85,20 +85,29 @@ def keep_freed_memory() -> bool:
     return _MALLOC_TUNED
 
 
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is a device :func:`pick_device` understands: ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N`` (whether this machine has it is not checked)."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def pick_device(name: str = "auto") -> str:
     """A torch device for ``name``: ``cpu``, ``cuda`` / ``cuda:N``, or ``auto`` (``cuda`` when
     available, else ``cpu``). Raises ValueError for other names and for CUDA where there is none.
     """
+    if not is_device_name(name):
+        raise ValueError(f"device {name!r}: expected cpu, cuda, cuda:N or auto")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+    if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r}: torch sees no CUDA device on this machine "
                              "(use cpu or auto)")
-        return name
-    raise ValueError(f"device {name!r}: expected cpu, cuda, cuda:N or auto")
+        count = torch.cuda.device_count()
+        if name != "cuda" and int(name[5:]) >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return name
 
 
 def load_model(path: str | Path, device: str = "cpu") -> TuttiModel:

@@ -41,6 +41,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _validate(cfg: DictConfig) -> None:
+    from model.apply import is_device_name
+
     lim = cfg.limits
     checks = {
         "limits.max_upload_mb": lim.max_upload_mb > 0,
@@ -53,8 +55,8 @@ def _validate(cfg: DictConfig) -> None:
         "batching.bucket_seconds": cfg.batching.bucket_seconds > 0,
         "batching.chunk_seconds": cfg.batching.chunk_seconds > 2 * cfg.batching.overlap_seconds,
         "streaming.http_chunk_seconds": cfg.streaming.http_chunk_seconds > 0,
-        "models.device": cfg.models.device in ("auto", "cpu", "cuda"),
-        "streaming.device": cfg.streaming.device in ("auto", "cpu", "cuda"),
+        "models.device": is_device_name(str(cfg.models.device)),
+        "streaming.device": is_device_name(str(cfg.streaming.device)),
         "batching.enabled": cfg.batching.enabled in (True, False, "auto"),
     }
     for key, ok in checks.items():

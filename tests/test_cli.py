@@ -76,6 +76,9 @@ def test_rebalance_any_rate_mono(tmp_path: Path, capsys) -> None:
     if not torch.cuda.is_available():
         assert main([*args, "--device", "cuda"]) == 2
         assert "torch sees no CUDA device" in capsys.readouterr().err
+    else:  # one past the last GPU
+        assert main([*args, "--device", f"cuda:{torch.cuda.device_count()}"]) == 2
+        assert "CUDA device(s), cuda:0 to" in capsys.readouterr().err
     out.unlink()
     assert main([*args, "--device", "auto"]) == 0  # the CPU here, the GPU where there is one
     again, _ = sf.read(str(out), always_2d=True)

@@ -77,6 +77,11 @@ def test_config_overrides_and_validation(tmp_path) -> None:
         load_config(overrides=["batching.enabled=sometimes"])
     with pytest.raises(ConfigError, match="streaming.device"):
         load_config(overrides=["streaming.device=tpu"])
+    for bad in ("cuda:", "cuda:x", "cuda1", "gpu"):
+        with pytest.raises(ConfigError, match="models.device"):
+            load_config(overrides=[f"models.device={bad}"])
+    # a device index is a name the config takes on any host (the runtime checks the machine)
+    assert load_config(overrides=["models.device=cuda:1"]).models.device == "cuda:1"
     gpu = torch.cuda.is_available()
     for value, on in (("true", True), ("false", False), ("auto", gpu)):
         assert batching_on(load_config(overrides=[f"batching.enabled={value}"])) is on
