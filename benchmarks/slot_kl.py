@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.apply import load_model  # noqa: E402
 from model.tutti import exponential_mean, present_slots  # noqa: E402
 from training.dataset import RebalanceDataset, fixed_examples  # noqa: E402
-from training.losses import slot_weight_loss  # noqa: E402
+from training.losses import slot_log_gains, slot_weight_loss  # noqa: E402
 from training.train import example_config, load_config, slot_weight_targets  # noqa: E402
 
 
@@ -55,17 +55,14 @@ def lagged_log_shares(power: torch.Tensor, valid: torch.Tensor, decay: float) ->
 
 def log_gain_sums(log_weights: torch.Tensor, power: torch.Tensor, log_amp: torch.Tensor,
                   valid: torch.Tensor, order: float) -> torch.Tensor:
-    """Weighted sums for :func:`agreement` from ``log_weights`` and the stems' ``power`` ``(B, K,
-    2, frames, bands)``, the requested log-amplitudes ``log_amp (B, K)`` (nepers) and which slots
-    are present ``valid (B, K)``: ``[sum w, sum w d d*, sum w d^2, sum w d*^2]``, ``w`` each
-    band's magnitude."""
-    term = (order * log_amp).masked_fill(~valid, float("-inf"))[:, :, None, None, None]
-    total = power.sum(1)
-    log_shares = (power / total[:, None].clamp(min=1e-20)).clamp(min=1e-30).log()
-    flat = torch.logsumexp(term, 1) - valid.sum(1).log()[:, None, None, None]
-    d = (torch.logsumexp(log_weights + term, 1) - flat) / order
-    d_true = (torch.logsumexp(log_shares + term, 1) - flat) / order
-    w = total.sqrt()
+    """Weighted sums for :func:`agreement` of :func:`training.losses.slot_log_gains` relative to
+    uniform weights' gain (``d``: the weights', ``d*``: the true shares'), ``valid (B, K)``
+    the present slots: ``[sum w, sum w d d*, sum w d^2, sum w d*^2]``, ``w`` each band's
+    magnitude."""
+    own, true, w = slot_log_gains(log_weights, power, log_amp, order)
+    term = (order * log_amp).masked_fill(~valid, float("-inf"))
+    flat = (torch.logsumexp(term, 1) - valid.sum(1).log()) / order
+    d, d_true = own - flat[:, None, None, None], true - flat[:, None, None, None]
     return torch.stack([w.sum(), (w * d * d_true).sum(), (w * d * d).sum(),
                         (w * d_true * d_true).sum()]).double()
 
@@ -118,7 +115,7 @@ def main() -> None:
                 internals: dict = {}
                 model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                       b["makeup_db"], hearing_aid=False, internals=internals)
-                log_weights, power = slot_weight_targets(model, b, internals)
+                log_weights, power, *_ = slot_weight_targets(model, b, internals)
                 kl = slot_weight_loss(log_weights, power).item()
                 totals[name] = totals.get(name, 0.0) + kl * len(chunk)
                 sums[name] = sums.get(name, 0) + log_gain_sums(log_weights, power, log_amp,

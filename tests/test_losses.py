@@ -16,6 +16,7 @@ from training.losses import (
     long_term_band_db,
     long_term_spectrum_loss,
     si_sdr,
+    slot_gain_loss,
     slot_weight_loss,
 )
 
@@ -129,6 +130,37 @@ def test_slot_weight_loss_is_zero_at_the_true_shares() -> None:
     wrong_loud = torch.log(torch.tensor([0.5, 0.5, 0.0, 1.0]).view(2, 1, 2, 1))[None]
     wrong_quiet = torch.log(torch.tensor([1.0, 0.5, 0.0, 0.5]).view(2, 1, 2, 1))[None]
     assert slot_weight_loss(wrong_loud, one) > 10 * slot_weight_loss(wrong_quiet, one)
+
+
+def test_slot_gain_loss_counts_what_the_request_makes_audible() -> None:
+    """Log-gain error of the weights for the request: zero at the true shares, free for slots
+    asked for the same gain, dearer the further apart the confused slots' gains are; padded
+    slots give finite values and gradients; the loss config and the training targets use it."""
+    g = torch.Generator().manual_seed(0)
+    power = torch.rand(2, 3, 2, 5, 7, generator=g)
+    power[1, 2] = 0.0  # example 1 has two slots, the third is padding
+    log_amp = torch.tensor([[0.0, 0.5, -0.5], [0.3, 0.0, 0.0]])
+    exact = (power / power.sum(1, keepdim=True)).log()
+    for order in (1.0, 2.0):
+        assert slot_gain_loss(exact, power, log_amp, order).abs() < 1e-10
+    logits = torch.zeros(2, 3, 2, 5, 7, requires_grad=True)
+    uniform = torch.log_softmax(logits.masked_fill(power == 0, float("-inf")), dim=1)
+    loss = slot_gain_loss(uniform, power, log_amp, 1.0)
+    loss.backward()
+    assert loss > 1e-3 and torch.isfinite(logits.grad).all()
+    # Slot 0 alone sounds; the weights give half of it to slot 1.
+    alone = torch.zeros(1, 2, 1, 1, 1)
+    alone[0, 0] = 1.0
+    half = torch.full((1, 2, 1, 1, 1), 0.5).log()
+    same, near, far = (torch.tensor([[0.0, d]]) for d in (0.0, 0.2, 1.0))
+    assert slot_gain_loss(half, alone, same, 1.0) < 1e-12  # same gain: no audible error
+    assert slot_gain_loss(half, alone, far, 1.0) > 10 * slot_gain_loss(half, alone, near, 1.0)
+    # The KL sees the same confusion whatever the request.
+    assert slot_weight_loss(half, alone) > 0.5
+    terms = RemixLoss([1024, 256], [256, 64], [1024, 256], w_mrstft=0.0, w_sum_diff=0.0,
+                      w_l1=0.0, w_sisdr=0.0, w_slot_gain=1.0)(
+        _tone(440, 0.1), _tone(440, 0.2), None, (half, alone, far, 1.0))
+    assert set(terms) == {"slot_gain", "total"} and terms["total"] > 0
 
 
 def test_si_sdr_is_scale_invariant() -> None:

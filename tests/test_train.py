@@ -245,16 +245,21 @@ def test_slot_gain_head_fine_tune(cad2_root: Path, tmp_path: Path) -> None:
     assert kl and all(0 < v < 3 for v in kl)
 
 
-def test_validation_loss_includes_the_slot_kl(cad2_root: Path, tmp_path: Path) -> None:
-    """Trained on the slot KL alone, the validation loss is that KL (in nats), so the best
-    model is the one whose slot weights fit best."""
+@pytest.mark.parametrize("term", ["slot_weights", "slot_gain"])
+def test_validation_loss_includes_the_slot_term(cad2_root: Path, tmp_path: Path,
+                                                term: str) -> None:
+    """Trained on a slot term alone (the KL, or the request's log-gain error), the validation
+    loss is that term, so the best model is the one whose slot weights fit best."""
     _, tuned = _fine_tune(cad2_root, tmp_path, 2, "model.slot_gains=true",
-                          "loss.w_slot_weights=1.0", "loss.w_mrstft=0", "loss.w_sum_diff=0",
+                          f"loss.w_{term}=1.0", "loss.w_mrstft=0", "loss.w_sum_diff=0",
                           "loss.w_l1=0", "loss.w_sisdr=0", "train.init_skip=[head.]",
                           "train.trainable=[slot_head]", "optim.lr=0.01")
     with (tuned / "log.csv").open() as fh:
-        valid = [float(r["valid_loss"]) for r in csv.DictReader(fh) if r["valid_loss"]]
+        rows = list(csv.DictReader(fh))
+    valid = [float(r["valid_loss"]) for r in rows if r["valid_loss"]]
     assert len(valid) == 2 and all(0 < v < 3 for v in valid) and valid[0] != valid[1]
+    logged = [float(r[term]) for r in rows if r["total"]]
+    assert logged and all(float(r[term]) == float(r["total"]) for r in rows if r["total"])
 
 
 def test_fine_tune_logs_its_starting_point(cad2_root: Path, tmp_path: Path) -> None:

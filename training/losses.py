@@ -124,6 +124,34 @@ def slot_weight_loss(log_weights: Tensor, stem_power: Tensor) -> Tensor:
     return per_example.mean()
 
 
+def slot_log_gains(log_weights: Tensor, stem_power: Tensor, log_amp: Tensor, order: float
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The slot log-gain ``log(sum_k w_k a_k^p) / p`` (nepers) the weights give a request, the
+    same with the stems' true shares as ``w_k``, and each bin's magnitude: three ``(B, 2,
+    frames, bins)``. ``log_weights``, ``stem_power`` as :func:`slot_weight_loss`; ``log_amp
+    (B, K)``: each present slot's requested amplitude gain ``log a_k`` (any value for padding);
+    ``order``: the power mean's ``p`` (``slot_mean_order``, not 0)."""
+    term = order * log_amp[:, :, None, None, None]
+    total = stem_power.sum(1)
+    log_share = (stem_power / total[:, None].clamp(min=1e-20)).clamp(min=1e-30).log()
+    own = torch.logsumexp(log_weights.clamp(min=-1e4) + term, 1) / order
+    true = torch.logsumexp(log_share + term, 1) / order
+    return own, true, total.sqrt()
+
+
+def slot_gain_loss(log_weights: Tensor, stem_power: Tensor, log_amp: Tensor,
+                   order: float) -> Tensor:
+    """Squared error (nepers^2) of the slot log-gain the weights give the request against the
+    one the stems' true shares give (:func:`slot_log_gains`), averaged over bins weighted by
+    their magnitude as :func:`slot_weight_loss`. Unlike the KL it counts only the confusions
+    the request makes audible (slots asked for the same gain may be mixed up for free), and a
+    weight wrongly given to a slot asked for much more or less costs more. Scalar."""
+    own, true, weight = slot_log_gains(log_weights, stem_power, log_amp, order)
+    per_example = ((weight * (own - true).square()).flatten(1).sum(1)
+                   / weight.flatten(1).sum(1).clamp(min=1e-20))
+    return per_example.mean()
+
+
 class _RFFT(torch.autograd.Function):
     """``torch.fft.rfft`` along the last dim with a half-size backward: torch's own backward
     zero-pads the gradient to a full complex FFT; the same gradient is an ``irfft`` of it with the
@@ -183,7 +211,8 @@ class RemixLoss(nn.Module):
     ``w_long_term`` adds :func:`long_term_spectrum_loss` (dB / 10) on
     ``long_term_bands`` ERB bands; ``w_envelope`` adds :func:`envelope_cepstrum_loss` (32 ERB
     bands); ``w_slot_weights`` adds :func:`slot_weight_loss` (the
-    ``slot_gains`` head's weights against the stems' shares, passed to :meth:`forward`).
+    ``slot_gains`` head's weights against the stems' shares, passed to :meth:`forward`),
+    ``w_slot_gain`` :func:`slot_gain_loss` (the log-gain those weights give the request).
     ``w_log_mag`` weights auraloss's log-magnitude term against
     its spectral convergence: measured, a model trained with full log-magnitude weight spends
     itself on matching near-silent bins (its loss falls 25 % below the unbalanced mix's while
@@ -196,7 +225,7 @@ class RemixLoss(nn.Module):
                  w_sisdr: float = 0.0, sisdr_max_db: float | None = None,
                  w_log_mag: float = 1.0, w_long_term: float = 0.0,
                  long_term_bands: int = 32, w_envelope: float = 0.0,
-                 w_slot_weights: float = 0.0,
+                 w_slot_weights: float = 0.0, w_slot_gain: float = 0.0,
                  sample_rate: int = 44100, eps: float = 1e-5) -> None:
         super().__init__()
         self.mrstft = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes, hop_sizes, win_lengths,
@@ -212,15 +241,23 @@ class RemixLoss(nn.Module):
         self.w_long_term = w_long_term
         self.w_envelope = w_envelope
         self.w_slot_weights = w_slot_weights
+        self.w_slot_gain = w_slot_gain
         self.register_buffer("bands", erb_band_matrix(4096, sample_rate, long_term_bands),
                              persistent=False)
         self.register_buffer("envelope_bands", erb_band_matrix(1024, sample_rate),
                              persistent=False)
 
+    @property
+    def wants_slots(self) -> bool:
+        """Whether a slot term is on (:meth:`forward` then needs ``slot_weights``)."""
+        return self.w_slot_weights > 0 or self.w_slot_gain > 0
+
     def forward(self, estimate: Tensor, target: Tensor, hearing_aid=None,
-                slot_weights: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+                slot_weights: tuple | None = None) -> dict[str, Tensor]:
         """Loss terms and their weighted ``total`` (scalars); ``slot_weights``: the
-        arguments of :func:`slot_weight_loss` (its term is skipped without them)."""
+        arguments of :func:`slot_gain_loss` (log-weights, stem power, requested log-amplitudes,
+        order; :func:`slot_weight_loss` takes the first two); the slot terms are skipped
+        without them."""
         terms: dict[str, Tensor] = {}
         total = estimate.new_zeros(())
         # The three base terms are skipped at weight 0 (e.g. a slot branch trained on its KL
@@ -250,8 +287,11 @@ class RemixLoss(nn.Module):
             terms["hearing_aid"] = self.mrstft(hearing_aid(estimate), hearing_aid(target))
             total = total + self.w_hearing_aid * terms["hearing_aid"]
         if self.w_slot_weights > 0 and slot_weights is not None:
-            terms["slot_weights"] = slot_weight_loss(*slot_weights)
+            terms["slot_weights"] = slot_weight_loss(*slot_weights[:2])
             total = total + self.w_slot_weights * terms["slot_weights"]
+        if self.w_slot_gain > 0 and slot_weights is not None:
+            terms["slot_gain"] = slot_gain_loss(*slot_weights)
+            total = total + self.w_slot_gain * terms["slot_gain"]
         terms["total"] = total
         return terms
 

@@ -80,14 +80,17 @@ def example_config(cfg: DictConfig) -> ExampleConfig:
     """The dataset's example settings from the config's ``data`` section."""
     fields = ExampleConfig.__dataclass_fields__
     chosen = {k: v for k, v in cfg.data.items() if k in fields}
-    chosen["slot_stems"] = float(cfg.loss.get("w_slot_weights", 0.0)) > 0
+    chosen["slot_stems"] = any(float(cfg.loss.get(k, 0.0)) > 0
+                               for k in ("w_slot_weights", "w_slot_gain"))
     return ExampleConfig(**chosen)
 
 
 def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
-                        internals: dict | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+                        internals: dict | None) -> tuple | None:
     """The ``slot_gains`` head's log-weights and the batch's stem powers on the same present
-    slots, frames and bins (:func:`training.losses.slot_weight_loss`); None without them."""
+    slots, frames and bins (:func:`training.losses.slot_weight_loss`), with the present
+    slots' requested log-amplitudes (nepers) and the model's ``slot_mean_order``
+    (:func:`training.losses.slot_gain_loss`); None without them."""
     if internals is None or "slot_log_weights" not in internals or "stems" not in batch:
         return None
     index, _ = present_slots(batch["presence"])
@@ -95,7 +98,8 @@ def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
     stems = batch["stems"][rows, index]  # (B, K, 2, T)
     with torch.no_grad():
         power = model.slot_power(stems)
-    return internals["slot_log_weights"], power
+    log_amp = (batch["gains_db"] * batch["presence"]).gather(1, index) * (math.log(10.0) / 20.0)
+    return internals["slot_log_weights"], power, log_amp, model.config.slot_mean_order
 
 
 def load_teacher(cfg: DictConfig, student: TuttiModel) -> TuttiModel | None:
@@ -261,7 +265,7 @@ def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             b = {k: v.to(device) for k, v in _batch(examples[i : i + batch_size]).items()}
-            internals: dict | None = {} if loss_fn.w_slot_weights > 0 else None
+            internals: dict | None = {} if loss_fn.wants_slots else None
             est = model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                         b["makeup_db"], hearing_aid=False, internals=internals)
             slot = slot_weight_targets(model, b, internals)
@@ -428,7 +432,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         b = {k: v.to(device) for k, v in batch.items()}
-        internals: dict | None = {} if loss_fn.w_slot_weights > 0 else None
+        internals: dict | None = {} if loss_fn.wants_slots else None
         est = net(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                   b["makeup_db"], hearing_aid=False, internals=internals)
 
@@ -479,7 +483,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
 LOG_FIELDS = ("step", "lr", "minutes", "total", "mrstft", "sum_diff", "l1", "neg_sisdr",
               "compressed", "hearing_aid", "long_term", "slot_weights",
               "grad_norm", "valid_loss", "valid_sisdr", "valid_sisdr_noop", "valid_sisdri",
-              "valid_haaqi", "envelope", "valid_loss_raw")
+              "valid_haaqi", "envelope", "valid_loss_raw", "slot_gain")
 
 
 def _log(path: Path, row: dict) -> None:
