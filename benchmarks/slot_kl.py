@@ -109,13 +109,12 @@ def main() -> None:
         for start in range(0, len(examples), args.batch):
             chunk = examples[start : start + args.batch]
             b = {k: torch.stack([e[k] for e in chunk]) for k in chunk[0]}
-            index, valid = present_slots(b["presence"])
-            log_amp = (b["gains_db"] * b["presence"]).gather(1, index) * (math.log(10) / 20)
+            _, valid = present_slots(b["presence"])
             for name, model in models.items():
                 internals: dict = {}
                 model(b["mixture"], b["gains_db"], b["presence"], b["audiogram"], b["ratio"],
                       b["makeup_db"], hearing_aid=False, internals=internals)
-                log_weights, power, *_ = slot_weight_targets(model, b, internals)
+                log_weights, power, log_amp, _ = slot_weight_targets(model, b, internals)
                 kl = slot_weight_loss(log_weights, power).item()
                 totals[name] = totals.get(name, 0.0) + kl * len(chunk)
                 sums[name] = sums.get(name, 0) + log_gain_sums(log_weights, power, log_amp,
