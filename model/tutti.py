@@ -177,6 +177,12 @@ def present_slots(presence: Tensor, min_slots: int = 1) -> tuple[Tensor, Tensor]
     return order, present.gather(1, order)
 
 
+def requested_log_amplitudes(gains_db: Tensor, presence: Tensor, index: Tensor) -> Tensor:
+    """Requested amplitude gains ``log a_k`` (nepers) ``(B, K)`` of the slots ``index (B, K)``
+    (:func:`present_slots`); 0 for absent slots."""
+    return (gains_db * presence).gather(1, index) * (math.log(10.0) / 20.0)
+
+
 @dataclass
 class Listener:
     """A batch of listeners: audiograms ``(B, 2, 8)`` dB HL, ratios and makeup ``(B, 2, 6)``."""
@@ -534,7 +540,7 @@ class TuttiModel(PreTrainedModel):
         mask = torch.zeros(valid.shape, dtype=gains_db.dtype, device=gains_db.device)
         mask = mask.masked_fill(~valid, float("-inf"))[:, None, :, None]
         order = self.config.slot_mean_order
-        log_amp = (gains_db * presence).gather(1, index) * (math.log(10.0) / 20.0)
+        log_amp = requested_log_amplitudes(gains_db, presence, index)
         term = log_amp if order == 0 else (order * log_amp).exp()  # per slot, averaged by w
         return index, mask, term
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
 from model.cad2 import scenes_file
-from model.tutti import TuttiConfig, TuttiModel, present_slots
+from model.tutti import TuttiConfig, TuttiModel, present_slots, requested_log_amplitudes
 from training.dataset import ExampleConfig, RebalanceDataset, fixed_examples
 from training.ema import WeightAverage
 from training.losses import RemixLoss, si_sdr
@@ -98,7 +98,7 @@ def slot_weight_targets(model: TuttiModel, batch: dict[str, torch.Tensor],
     stems = batch["stems"][rows, index]  # (B, K, 2, T)
     with torch.no_grad():
         power = model.slot_power(stems)
-    log_amp = (batch["gains_db"] * batch["presence"]).gather(1, index) * (math.log(10.0) / 20.0)
+    log_amp = requested_log_amplitudes(batch["gains_db"], batch["presence"], index)
     return internals["slot_log_weights"], power, log_amp, model.config.slot_mean_order
 
 
@@ -257,8 +257,8 @@ def validate(model: TuttiModel, loss_fn: RemixLoss, examples: list[dict],
     """Validation loss, median SI-SDR (dB) of model and noop (the unbalanced mixture), and the
     mean SI-SDR improvement over noop on examples the gains change (noop below 30 dB; zero
     gains, or gains on instruments silent in the excerpt, leave a near-infinite noop SI-SDR
-    that would swamp a mean). With ``loss.w_slot_weights`` the loss includes the slot KL
-    (the examples then hold their stems)."""
+    that would swamp a mean). With ``loss.w_slot_weights`` / ``loss.w_slot_gain`` the loss
+    includes the slot KL / log-gain error (the examples then hold their stems)."""
     model.eval()
     device = next(model.parameters()).device
     losses, sdr, sdr_noop, changed = [], [], [], []
