@@ -60,9 +60,10 @@ def log_gain_sums(log_weights: torch.Tensor, power: torch.Tensor, log_amp: torch
     the present slots: ``[sum w, sum w d d*, sum w d^2, sum w d*^2]``, ``w`` each band's
     magnitude."""
     own, true, w = slot_log_gains(log_weights, power, log_amp, order)
-    term = (order * log_amp).masked_fill(~valid, float("-inf"))
-    flat = (torch.logsumexp(term, 1) - valid.sum(1).log()) / order
-    d, d_true = own - flat[:, None, None, None], true - flat[:, None, None, None]
+    uniform = (-valid.sum(1, keepdim=True).log()).expand(valid.shape).masked_fill(
+        ~valid, float("-inf"))[:, :, None, None, None]
+    flat, _, _ = slot_log_gains(uniform, power, log_amp, order)  # uniform weights' gain
+    d, d_true = own - flat, true - flat
     return torch.stack([w.sum(), (w * d * d_true).sum(), (w * d * d).sum(),
                         (w * d_true * d_true).sum()]).double()
 
