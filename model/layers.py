@@ -150,13 +150,18 @@ class LocalAttention(nn.Module):
 
     Causal: frame ``i`` attends to frames ``(i - window, i]`` and keeps the last ``window`` keys
     and values as state. Non-causal: frames ``[i - window, i + window]``. Input ``(B, T, D)``.
+    With ``pad_past`` (causal) the frames before the start count as ``window`` frames of zero
+    input (the projections' biases as keys and values) instead of being left out: the state has
+    its final shape from the first frame, so a stream's first blocks need no eager warm-up.
     """
 
-    def __init__(self, dim: int, heads: int, window: int, *, causal: bool) -> None:
+    def __init__(self, dim: int, heads: int, window: int, *, causal: bool,
+                 pad_past: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.window = window
         self.causal = causal
+        self.pad_past = pad_past and causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -168,6 +173,8 @@ class LocalAttention(nn.Module):
         blocks = -(-n // w)
         if self.causal:
             # Keys/values: the last (up to) w of the past, then the new ones; left-padded to w.
+            if state is None and self.pad_past:
+                state = self.start_state(k.shape[0])
             if state is not None:
                 k, v = torch.cat([state[0], k], dim=2), torch.cat([state[1], v], dim=2)
             past = k.shape[2] - n
@@ -201,6 +208,12 @@ class LocalAttention(nn.Module):
         y = rearrange(y, "b h n w d -> b (n w) (h d)")[:, :n]
         return self._out(y), new_state
 
+    def start_state(self, batch: int) -> tuple[Tensor, Tensor]:
+        """``pad_past``'s keys and values before the start: ``window`` frames of zero input,
+        each ``(batch, heads, window, D / heads)``."""
+        _, k, v = self.qkv.bias.unflatten(0, (3, self.heads, -1))  # (heads, D / heads) each
+        return tuple(t[None, :, None].expand(batch, -1, self.window, -1) for t in (k, v))
+
     def _out(self, y: Tensor) -> Tensor:
         return F.linear(y, self.out.weight, self.out.bias)
 
@@ -213,11 +226,11 @@ class TransformerLayer(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, ffn: int, window: int, cond_dim: int, *,
-                 causal: bool) -> None:
+                 causal: bool, pad_past: bool = False) -> None:
         super().__init__()
         self.pos = StreamConv1d(dim, dim, 3, causal=causal, groups=dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = LocalAttention(dim, heads, window, causal=causal)
+        self.attn = LocalAttention(dim, heads, window, causal=causal, pad_past=pad_past)
         self.norm2 = nn.LayerNorm(dim)
         self.film = FiLM(cond_dim, dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))

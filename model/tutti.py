@@ -74,6 +74,7 @@ class TuttiConfig(PretrainedConfig):
         slot_mean_order: float = 2.0,
         slot_long_ms: tuple[float, ...] = (),
         slot_recurrent: int = 0,
+        slot_attention_ms: float = 0.0,
         gain_smooth_ms: float = 0.0,
         min_phase: bool = False,
         dim: int = 128,
@@ -104,6 +105,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_mean_order = float(slot_mean_order)
         self.slot_long_ms = [float(t) for t in slot_long_ms]
         self.slot_recurrent = int(slot_recurrent)
+        self.slot_attention_ms = float(slot_attention_ms)
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.min_phase = bool(min_phase)
         self.dim = dim
@@ -288,9 +290,11 @@ class TuttiModel(PreTrainedModel):
         for name in ("slot_gate", "slot_spectral"):
             if getattr(config, name) and not config.slot_gains:
                 raise ValueError(f"{name} needs slot_gains")
-        for name in ("slot_long_ms", "slot_recurrent"):
+        for name in ("slot_long_ms", "slot_recurrent", "slot_attention_ms"):
             if getattr(config, name) and not config.slot_spectral:
                 raise ValueError(f"{name} needs slot_spectral")
+        if config.slot_attention_ms < 0:
+            raise ValueError(f"slot_attention_ms must be >= 0 ms, got {config.slot_attention_ms}")
         if config.slot_recurrent < 0:
             raise ValueError(f"slot_recurrent must be >= 0 units, got {config.slot_recurrent}")
         if any(t <= 0 for t in config.slot_long_ms):
@@ -360,6 +364,18 @@ class TuttiModel(PreTrainedModel):
                     self.slot_gru_out = nn.Conv1d(r, h, 1)
                     nn.init.zeros_(self.slot_gru_out.weight)
                     nn.init.zeros_(self.slot_gru_out.bias)
+                if config.slot_attention_ms:
+                    # Attention over the last ``slot_attention_ms`` of frames (non-causal: that
+                    # much either side), FiLM on presence: the frames where each instrument
+                    # began its note, not only its sustain, inform who holds a band now. The
+                    # past before the start is zero input (a stream's state has its final shape
+                    # at once); added through a projection that starts at zero.
+                    frames = max(1, round(config.slot_attention_ms / config.frame_ms))
+                    self.slot_attention = TransformerLayer(h, config.heads, 2 * h, frames, n,
+                                                           causal=causal, pad_past=True)
+                    self.slot_attention_out = nn.Conv1d(h, h, 1)
+                    nn.init.zeros_(self.slot_attention_out.weight)
+                    nn.init.zeros_(self.slot_attention_out.bias)
             self.slot_head = nn.Conv1d(slot_in, n * 2 * width, 1)
             nn.init.zeros_(self.slot_head.weight)
             nn.init.zeros_(self.slot_head.bias)
@@ -507,6 +523,10 @@ class TuttiModel(PreTrainedModel):
                     seq, new_state["slot_gru"] = self.slot_gru(
                         F.gelu(features).transpose(1, 2), state.get("slot_gru"))
                     features = features + pointwise(self.slot_gru_out, seq.transpose(1, 2))
+                if cfg.slot_attention_ms:
+                    seq, new_state["slot_attention"] = self.slot_attention(
+                        F.gelu(features), presence, state.get("slot_attention"))
+                    features = features + pointwise(self.slot_attention_out, seq)
                 features = F.gelu(self.slot_presence(features, presence))
                 features = F.gelu(pointwise(self.slot_mid, features))
             request = state.get("slot_request") or self.slot_request(gains_db, presence)

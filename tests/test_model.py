@@ -11,6 +11,7 @@ import torch
 
 from model.apply import Request, load_model, remix
 from model.cad2 import SLOTS
+from model.layers import LocalAttention
 from model.tutti import Listener, TuttiConfig, TuttiModel, exponential_mean, present_slots
 
 SMALL = dict(channels=(8, 16, 32), strides=(8, 8, 2), dim=32, heads=2, ffn=64, layers=2,
@@ -36,6 +37,8 @@ SLOT_LONG = dict(SLOT_SPECTRAL, slot_long_ms=(20.0, 100.0))
 """With the slot MLP also reading features averaged over the past (20 and 100 ms)."""
 SLOT_GRU = dict(SLOT_SPECTRAL, slot_recurrent=8)
 """With the slot MLP also reading a GRU over its frames."""
+SLOT_ATTENTION = dict(SLOT_SPECTRAL, slot_attention_ms=20.0)
+"""With the slot MLP also reading an attention layer over its last 20 ms of frames."""
 SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
 """With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
@@ -44,11 +47,11 @@ MIN_PHASE = dict(SMOOTH, min_phase=True)
 """With the gain applied as a minimum-phase filter per frame."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
-                               SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SMOOTH,
-                               MIN_PHASE],
+                               SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SLOT_ATTENTION,
+                               SMOOTH, MIN_PHASE],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
                          "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
-                         "smooth", "min_phase"])
+                         "slot_attention", "smooth", "min_phase"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -74,6 +77,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.slot_long_out.weight, std=0.5)
     if model.config.slot_recurrent:
         torch.nn.init.normal_(model.slot_gru_out.weight, std=0.5)
+    if model.config.slot_attention_ms:
+        torch.nn.init.normal_(model.slot_attention_out.weight, std=0.5)
     return model
 
 
@@ -130,10 +135,33 @@ def test_slot_options_need_slot_gains(name: str) -> None:
     (dict(SLOT, slot_long_ms=(100.0,)), "slot_long_ms needs slot_spectral"),
     (dict(SLOT_SPECTRAL, slot_long_ms=(100.0, 0.0)),
      r"slot_long_ms must be > 0 ms, got \[100.0, 0.0\]"),
+    (dict(SLOT, slot_attention_ms=500.0), "slot_attention_ms needs slot_spectral"),
+    (dict(SLOT_SPECTRAL, slot_attention_ms=-5.0), "slot_attention_ms must be >= 0 ms, got -5.0"),
 ])
 def test_slot_long_context_options_are_checked(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TuttiModel(TuttiConfig(**options))
+
+
+def test_attention_with_padded_past_is_attention_after_zero_frames() -> None:
+    """``pad_past``: a causal attention over ``x`` equals the plain one over ``window`` frames of
+    zero input followed by ``x`` (its output there), in one pass or streamed in blocks."""
+    torch.manual_seed(0)
+    attention = LocalAttention(16, 2, 10, causal=True, pad_past=True).eval()
+    torch.nn.init.normal_(attention.qkv.bias, std=1.0)  # keys of zero input are not zero
+    plain = LocalAttention(16, 2, 10, causal=True)
+    plain.load_state_dict(attention.state_dict())
+    x = torch.randn(2, 37, 16)
+    with torch.no_grad():
+        y, _ = attention(x)
+        reference, _ = plain(torch.cat([torch.zeros(2, 10, 16), x], dim=1))
+        outs, state = [], None
+        for start, stop in [(0, 1), (1, 4), (4, 20), (20, 37)]:
+            out, state = attention(x[:, start:stop], state)
+            outs.append(out)
+    assert torch.allclose(y, reference[:, 10:], atol=1e-6)
+    assert torch.allclose(torch.cat(outs, dim=1), y, atol=1e-6)
+    assert not torch.allclose(y, plain(x)[0], atol=1e-3)  # the padding is not masked out
 
 
 def test_exponential_mean_streams_exactly() -> None:

@@ -180,6 +180,17 @@ def test_compiled_slot_recurrent_stream_matches_eager(tmp_path: Path) -> None:
         before).max()
 
 
+def test_compiled_slot_attention_stream_matches_eager(tmp_path: Path) -> None:
+    """With ``slot_attention_ms`` the compiled step carries the attention's keys (their final
+    shape from the start) and streams as the eager model does."""
+    model = _slotted_model(slot_attention_ms=30.0)
+    torch.nn.init.normal_(model.slot_attention_out.weight, std=0.5)
+    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=8)
+    model.slot_attention_out.weight.data.zero_()  # the attention moves the output: it is live
+    assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
+        before).max()
+
+
 def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> None:
     model, step, cache = compiled
     files = sorted(p.name for p in Path(cache).iterdir())
