@@ -3,10 +3,15 @@
 # scripts/gpu_kit.sh here:
 #   bash scripts/gpu_train.sh a                               # carry [".gpu/a"]: keep the SoundFont
 #   bash scripts/gpu_train.sh b CONFIG MINUTES [KEY=VALUE...] # carry [".gpu/b"], within 30 s
+#   bash scripts/gpu_train.sh b CONFIG MINUTES [KEY=VALUE...] -- [KEY=VALUE...] -- ...
 # Stage b installs the wheels, renders HOURS (default 3) of training data with every core
 # (seed SEED, default 100: not one of the renders here), trains CONFIG for MINUTES with the
 # overrides, and leaves in $OUT the run's log and its best model (files over 15 MB split into
-# .part-aa, -ab...: `cat` them back together here). Validation reports no HAAQI there
+# .part-aa, -ab...: `cat` them back together here). With `--`, each group after it is a
+# variant: all train at once on the one GPU (the overrides before the first `--` shared, the
+# data workers split between them), each to $OUT/v1, v2... with its log, model and
+# `benchmarks/slot_kl.py` on 32 examples of the render's validation split (slot_kl.txt), so the
+# variants can be told apart there. Validation reports no HAAQI there
 # (train.valid_haaqi_pairs=0): pyclarity's recipe needs pyFLAC, which has no Python 3.12 wheel;
 # score the model here with benchmarks/quality.py.
 # (PY, SETUP=0 and KIT_DIR let it run here as a dry run: no wheels, no ldconfig.)
@@ -39,16 +44,53 @@ LD_LIBRARY_PATH="$K/libs" $PY -m tutti.cli data render --out ${DATA:-/tmp/data} 
     "corpus.score_pack=$K/scores" "timbre.sources.fluidr3=$K/fluidr3.sf2" \
     splits.valid_timbre=false 2>&1 | tail -c 2000
 echo "render: $(( $(date +%s) - t0 )) s"
-$PY -m tutti.cli train --config "$config" "data.roots=[${DATA:-/tmp/data}]" data.pcm_cache=/tmp/pcm \
-    data.workers=12 run_dir=${RUN:-/tmp/run} "train.max_minutes=$minutes" \
-    train.valid_haaqi_pairs=0 "$@" 2>&1 | tail -c 3000
-$PY -m tutti.cli export ${RUN:-/tmp/run} --out ${MODEL:-/tmp/model}
-cp ${RUN:-/tmp/run}/log.csv "$OUT"/ && mkdir -p "$OUT/model"
-for f in ${MODEL:-/tmp/model}/*; do
-    if [ "$(stat -c %s "$f")" -gt 15000000 ]; then
-        split -b 15000000 "$f" "$OUT/model/$(basename "$f").part-"
+# Variants: the groups of the overrides split at `--` (none: one run with all of them)
+common=() variants=() group=() seen=0
+for arg in "$@"; do
+    if [ "$arg" = -- ]; then
+        if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("${group[*]}"); fi
+        seen=1 group=()
     else
-        cp "$f" "$OUT/model/"
+        group+=("$arg")
     fi
 done
-ls -la "$OUT/model"
+if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("${group[*]}"); fi
+n=${#variants[@]}
+workers=12
+[ "$n" -gt 1 ] && workers=$(( ($(nproc) - 2) / n > 2 ? ($(nproc) - 2) / n : 2 ))
+
+train_one() {  # RUN_DIR MODEL_DIR DEST [KEY=VALUE...]
+    local run=$1 model=$2 dest=$3; shift 3
+    $PY -m tutti.cli train --config "$config" "data.roots=[${DATA:-/tmp/data}]" \
+        data.pcm_cache=/tmp/pcm "data.workers=$workers" "run_dir=$run" \
+        "train.max_minutes=$minutes" train.valid_haaqi_pairs=0 "${common[@]}" "$@" 2>&1 \
+        | tail -c 3000
+    $PY -m tutti.cli export "$run" --out "$model"
+    mkdir -p "$dest/model" && cp "$run/log.csv" "$dest"/
+    if [ "$n" -gt 0 ]; then
+        $PY benchmarks/slot_kl.py "${DATA:-/tmp/data}" --model "$model" --config "$config" \
+            --tau-ms 200 > "$dest/slot_kl.txt" 2>&1 || true
+        cat "$dest/slot_kl.txt"
+    fi
+    for f in "$model"/*; do
+        if [ "$(stat -c %s "$f")" -gt 15000000 ]; then
+            split -b 15000000 "$f" "$dest/model/$(basename "$f").part-"
+        else
+            cp "$f" "$dest/model/"
+        fi
+    done
+}
+
+if [ "$n" = 0 ]; then
+    train_one "${RUN:-/tmp/run}" "${MODEL:-/tmp/model}" "$OUT"
+else
+    # (the decoded-PCM cache is shared: its files are written atomically, whoever comes first)
+    for i in $(seq 1 "$n"); do
+        # shellcheck disable=SC2086  # a variant's overrides are space-separated KEY=VALUEs
+        train_one "${RUN:-/tmp/run}-v$i" "${MODEL:-/tmp/model}-v$i" "$OUT/v$i" \
+            ${variants[$((i - 1))]} > "/tmp/variant-$i.log" 2>&1 &
+    done
+    wait
+    for i in $(seq 1 "$n"); do echo "== v$i: ${variants[$((i - 1))]}"; tail -c 1500 "/tmp/variant-$i.log"; done
+fi
+ls -laR "$OUT"
