@@ -169,24 +169,20 @@ def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None
         before).max()
 
 
-def test_compiled_slot_recurrent_stream_matches_eager(tmp_path: Path) -> None:
-    """With ``slot_recurrent`` the compiled step carries the GRU's hidden state and streams as
-    the eager model does."""
-    model = _slotted_model(slot_recurrent=8)
-    torch.nn.init.normal_(model.slot_gru_out.weight, std=0.5)
-    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=7)
-    model.slot_gru_out.weight.data.zero_()  # the GRU moves the output: it is live
-    assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
-        before).max()
-
-
-def test_compiled_slot_attention_stream_matches_eager(tmp_path: Path) -> None:
-    """With ``slot_attention_ms`` the compiled step carries the attention's keys (their final
-    shape from the start) and streams as the eager model does."""
-    model = _slotted_model(slot_attention_ms=30.0)
-    torch.nn.init.normal_(model.slot_attention_out.weight, std=0.5)
-    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=8)
-    model.slot_attention_out.weight.data.zero_()  # the attention moves the output: it is live
+@pytest.mark.parametrize(("option", "value", "projection", "seed"), [
+    ("slot_recurrent", 8, "slot_gru_out", 7),
+    ("slot_attention_ms", 30.0, "slot_attention_out", 8),
+], ids=["gru", "attention"])
+def test_compiled_slot_context_stream_matches_eager(tmp_path: Path, option: str, value: float,
+                                                    projection: str, seed: int) -> None:
+    """With a slot GRU (``slot_recurrent``) or slot attention (``slot_attention_ms``) the
+    compiled step carries its state (the GRU's hidden state; the attention's keys, full-size
+    from the start) and streams as the eager model does."""
+    model = _slotted_model(**{option: value})
+    out = getattr(model, projection)
+    torch.nn.init.normal_(out.weight, std=0.5)
+    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=seed)
+    out.weight.data.zero_()  # the context moves the output: it is live
     assert np.abs(_stream(Streamer(model, _request()), x, hops) - before).max() > 1e-4 * np.abs(
         before).max()
 
