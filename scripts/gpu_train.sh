@@ -10,8 +10,8 @@
 # .part-aa, -ab...: `cat` them back together here). With `--`, each group after it is a
 # variant: all train at once on the one GPU (the overrides before the first `--` shared, the
 # data workers split between them), each to $OUT/v1, v2... with its log, model and
-# `benchmarks/slot_kl.py` on 32 examples of the render's validation split (slot_kl.txt), so the
-# variants can be told apart there. Validation reports no HAAQI there
+# `benchmarks/slot_kl.py` on 32 examples of the render's validation split (slot_kl.txt: a first
+# look; it does not predict HAAQI, README "Session 35"). Validation reports no HAAQI there
 # (train.valid_haaqi_pairs=0): pyclarity's recipe needs pyFLAC, which has no Python 3.12 wheel;
 # score the model here with benchmarks/quality.py.
 # (PY, SETUP=0 and KIT_DIR let it run here as a dry run: no wheels, no ldconfig.)
