@@ -44,17 +44,20 @@ LD_LIBRARY_PATH="$K/libs" $PY -m tutti.cli data render --out ${DATA:-/tmp/data} 
     "corpus.score_pack=$K/scores" "timbre.sources.fluidr3=$K/fluidr3.sf2" \
     splits.valid_timbre=false 2>&1 | tail -c 2000
 echo "render: $(( $(date +%s) - t0 )) s"
-# Variants: the groups of the overrides split at `--` (none: one run with all of them)
+# Variants: the groups of the overrides split at `--` (none: one run with all of them); each
+# variant kept as one string, its overrides joined by the unit separator (no word splitting or
+# globbing when it is taken apart: values may hold spaces or brackets)
+US=$'\x1f'
 common=() variants=() group=() seen=0
 for arg in "$@"; do
     if [ "$arg" = -- ]; then
-        if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("${group[*]}"); fi
+        if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("$(IFS=$US; echo "${group[*]}")"); fi
         seen=1 group=()
     else
         group+=("$arg")
     fi
 done
-if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("${group[*]}"); fi
+if [ $seen = 0 ]; then common=("${group[@]}"); else variants+=("$(IFS=$US; echo "${group[*]}")"); fi
 n=${#variants[@]}
 workers=12
 [ "$n" -gt 1 ] && workers=$(( ($(nproc) - 2) / n > 2 ? ($(nproc) - 2) / n : 2 ))
@@ -86,11 +89,14 @@ if [ "$n" = 0 ]; then
 else
     # (the decoded-PCM cache is shared: its files are written atomically, whoever comes first)
     for i in $(seq 1 "$n"); do
-        # shellcheck disable=SC2086  # a variant's overrides are space-separated KEY=VALUEs
+        IFS=$US read -r -a overrides <<< "${variants[$((i - 1))]}"
         train_one "${RUN:-/tmp/run}-v$i" "${MODEL:-/tmp/model}-v$i" "$OUT/v$i" \
-            ${variants[$((i - 1))]} > "/tmp/variant-$i.log" 2>&1 &
+            "${overrides[@]}" > "/tmp/variant-$i.log" 2>&1 &
     done
     wait
-    for i in $(seq 1 "$n"); do echo "== v$i: ${variants[$((i - 1))]}"; tail -c 1500 "/tmp/variant-$i.log"; done
+    for i in $(seq 1 "$n"); do
+        echo "== v$i: ${variants[$((i - 1))]//$US/ }"
+        tail -c 1500 "/tmp/variant-$i.log"
+    done
 fi
 ls -laR "$OUT"
