@@ -9,7 +9,9 @@ the result with the CAD2 recipe's HAAQI: what the mechanism is worth if the weig
 stem's band power by its causal running mean (time constant in ms) before the shares are taken.
 
 Usage: ``python benchmarks/slot_headroom.py ROOT --split valid --out DIR [--order 2] [--gate 1]
-[--blend 1] [--tau-ms 0] [--bands 64] [--limit 24] [--jobs 2]``
+[--blend 1] [--tau-ms 0] [--bands 64] [--window 1024] [--synthesis 128] [--limit 24] [--jobs 2]``
+(``--window``/``--synthesis``: another low-delay filterbank, e.g. the non-causal 2048 / 1024; its
+look-ahead is ``synthesis - 1`` samples)
 """
 
 from __future__ import annotations
@@ -89,12 +91,17 @@ def main() -> None:
     parser.add_argument("--blend", type=float, default=1.0)
     parser.add_argument("--tau-ms", type=float, default=0.0)
     parser.add_argument("--bands", type=int, default=64)
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--synthesis", type=int, default=128)
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    system = TrueShareSlotGain(args.order, args.gate, args.blend, args.tau_ms, args.bands)
+    system = TrueShareSlotGain(args.order, args.gate, args.blend, args.tau_ms, args.bands,
+                               args.window, args.synthesis)
     name = (f"true_shares_p{args.order:g}_g{args.gate:g}_b{args.blend:g}_t{args.tau_ms:g}"
             f"_k{args.bands}")
+    if (args.window, args.synthesis) != (1024, 128):
+        name += f"_fb{args.window}_{args.synthesis}"
     out = args.out / args.split / name
     run_batch(args.root, args.split, out, system, limit=args.limit, desc=name, jobs=args.jobs)
     mean, rows = evaluate(args.root, args.split, out, jobs=args.jobs, limit=args.limit)

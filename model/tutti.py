@@ -458,7 +458,8 @@ class TuttiModel(PreTrainedModel):
         ``state`` carries a stream (None: start of the signal); the non-causal model also returns
         one, but only the causal model's streamed output equals one pass over the whole signal.
         ``internals``, if given, receives ``slot_log_weights`` (``slot_gains`` models; see
-        :meth:`slot_log_gain`) for training losses.
+        :meth:`slot_log_gain`) for training losses and ``log_gain (B, 2, frames, bins)``, the
+        natural-log gain the filterbank applies (before :meth:`log_gain_limit`).
         """
         cfg = self.config
         presence = presence.to(mixture.dtype)
@@ -540,6 +541,8 @@ class TuttiModel(PreTrainedModel):
                 internals["slot_log_weights"] = log_weights
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
+        if internals is not None:
+            internals["log_gain"] = log_gain
         if cfg.min_phase:
             masked = apply_complex_gain(
                 spectra, minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window))

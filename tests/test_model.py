@@ -45,13 +45,16 @@ SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
 """With the log-gain smoothed over frames."""
 MIN_PHASE = dict(SMOOTH, min_phase=True)
 """With the gain applied as a minimum-phase filter per frame."""
+LONG_SYNTHESIS = dict(SLOT_GRU, strides=(6, 6, 3), fb_synthesis=216)
+"""conf/train_causal_long_synthesis.yaml's layout: a 216-sample synthesis window, the bottleneck
+at its hop (108 samples: no decoder level), look-ahead 215 samples."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
                                SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SLOT_ATTENTION,
-                               SMOOTH, MIN_PHASE],
+                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
                          "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
-                         "slot_attention", "smooth", "min_phase"])
+                         "slot_attention", "smooth", "min_phase", "long_synthesis"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
