@@ -7,13 +7,16 @@ samples where the non-causal model has 1024. This script separates what a model'
 worth from what its filterbank lets them do: it runs the model over each whole file, takes the
 log-gain its filterbank applies (``internals["log_gain"]`` of :meth:`TuttiModel.remix`), maps it
 to the frames (centres aligned; averaged over the source frames a longer hop spans) and bins
-(linear in frequency) of ``LowDelaySTFT(window, synthesis)``, applies it there with zero phase,
+(linear in frequency) of ``LowDelaySTFT(window, synthesis, reach)``, applies it there with zero
+phase,
 then the model's level and the listener's hearing aid, and scores noop and the result with the
 CAD2 recipe's HAAQI. With the model's own filterbank it reproduces the model's output.
-``--bands k`` first averages the gain over ``k`` log-spaced bands (as ``slot_bands``).
+``--bands k`` first averages the gain over ``k`` log-spaced bands (as ``slot_bands``);
+``--reach r`` ends each frame's synthesis span ``r`` samples before the frame's end (look-ahead
+``synthesis + r - 1``).
 
 Usage: ``python benchmarks/filterbank_swap.py ROOT --split valid --model models/causal --out DIR
---window 2048 --synthesis 1024 [--bands 0] [--limit 24] [--jobs 2]``
+--window 2048 --synthesis 1024 [--reach 0] [--bands 0] [--limit 24] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from training.evaluate import evaluate  # noqa: E402
 
 
 def map_frames(log_gain: torch.Tensor, source_hop: int, source_synthesis: int,
-               hop: int, synthesis: int, frames: int) -> torch.Tensor:
+               hop: int, synthesis: int, frames: int, reach: int = 0) -> torch.Tensor:
     """``log_gain (..., K, bins)`` on frames of hop ``source_hop`` to ``frames`` frames of hop
     ``hop`` (samples): each target frame takes the source value at the same centre of its
     synthesis span (linear between frames), averaged over ``hop // source_hop`` source frames
-    when the target hop is longer; clamped to the first and last source frames."""
+    when the target hop is longer; clamped to the first and last source frames. ``reach``: the
+    target's (:class:`LowDelaySTFT`), whose spans end that much before their frames."""
     count = log_gain.shape[-2]
-    centre = hop * (torch.arange(frames, dtype=torch.float64) + 1) - synthesis / 2
+    centre = hop * (torch.arange(frames, dtype=torch.float64) + 1) - synthesis / 2 - reach
     position = (centre + source_synthesis / 2) / source_hop - 1  # fractional source frame
     span = max(1, hop // source_hop)
     total = torch.zeros(*log_gain.shape[:-2], frames, log_gain.shape[-1], dtype=log_gain.dtype)
@@ -59,12 +63,14 @@ def map_frames(log_gain: torch.Tensor, source_hop: int, source_synthesis: int,
 
 @dataclass
 class GainsThrough:
-    """A model's gains applied through ``LowDelaySTFT(window, synthesis)``: a batch system."""
+    """A model's gains applied through ``LowDelaySTFT(window, synthesis, reach)``: a batch
+    system."""
 
     model: TuttiModel
     window: int
     synthesis: int
     bands: int = 0
+    reach: int = 0
 
     @torch.no_grad()
     def __call__(self, pair: Pair) -> np.ndarray:
@@ -79,11 +85,12 @@ class GainsThrough:
         internals: dict = {}
         self.model.remix_offline(mixture, gains_db, presence, lst, internals)
         cfg = self.model.config
-        fb = LowDelaySTFT(self.window, self.synthesis)
-        padded = F.pad(mixture, (0, (-length) % fb.hop + self.synthesis))
+        fb = LowDelaySTFT(self.window, self.synthesis, self.reach)
+        extra = fb.delay + fb.hop  # the output's last sample, and the length a multiple of hops
+        padded = F.pad(mixture, (0, extra + (-(length + extra)) % fb.hop))
         spectra, _ = fb.analyse(padded)
         log_gain = map_frames(internals["log_gain"], cfg.fb_synthesis // 2, cfg.fb_synthesis,
-                              fb.hop, self.synthesis, spectra.shape[-2])
+                              fb.hop, self.synthesis, spectra.shape[-2], self.reach)
         log_gain = F.interpolate(log_gain[0], size=fb.bins, mode="linear",
                                  align_corners=True)[None]
         if self.bands:
@@ -91,8 +98,7 @@ class GainsThrough:
             log_gain = (log_gain @ to_bins.T / to_bins.sum(1).clamp(min=1e-6)) @ to_bins
         out, _ = fb.synthesise(apply_gain(spectra, self.model.gain(log_gain)))
         level = db_to_gain(level_adjustment_db(gains_db, presence > 0))
-        delay = fb.synthesis - fb.hop
-        out = out[0, :, delay : delay + length] * level[0]
+        out = out[0, :, fb.delay : fb.delay + length] * level[0]
         return hearing_aid(out.double().numpy(), pair.ratio, pair.makeup_db)
 
 
@@ -105,6 +111,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, required=True, help="analysis window (samples)")
     parser.add_argument("--synthesis", type=int, required=True,
                         help="synthesis window (samples; even; hop and delay are half of it)")
+    parser.add_argument("--reach", type=int, default=0,
+                        help="samples each synthesis span ends before its frame's end")
     parser.add_argument("--bands", type=int, default=0)
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--jobs", type=int, default=2)
@@ -113,9 +121,9 @@ def main() -> None:
     if model.config.min_phase:
         parser.error(f"{args.model}: a min_phase model's gains are not zero-phase")
     name = f"{args.model.name}_fb{args.window}_{args.synthesis}" + (
-        f"_k{args.bands}" if args.bands else "")
+        f"_r{args.reach}" if args.reach else "") + (f"_k{args.bands}" if args.bands else "")
     systems = {"noop": BASELINES["noop"],
-               name: GainsThrough(model, args.window, args.synthesis, args.bands)}
+               name: GainsThrough(model, args.window, args.synthesis, args.bands, args.reach)}
     means = {}
     for system, fn in systems.items():
         out = args.out / args.split / system
@@ -123,9 +131,10 @@ def main() -> None:
         means[system], rows = evaluate(args.root, args.split, out, jobs=args.jobs,
                                        limit=args.limit)
     print(f"{args.root} [{args.split}] {len(rows)} pairs: noop {means['noop']:.4f}, {args.model} "
-          f"gains through LowDelaySTFT({args.window}, {args.synthesis})"
+          f"gains through LowDelaySTFT({args.window}, {args.synthesis}, reach {args.reach})"
           f"{f' on {args.bands} bands' if args.bands else ''}: {means[name]:.4f} "
-          f"({means[name] - means['noop']:+.4f}; look-ahead {args.synthesis - 1} samples)")
+          f"({means[name] - means['noop']:+.4f}; look-ahead "
+          f"{args.synthesis + args.reach - 1} samples)")
 
 
 if __name__ == "__main__":

@@ -148,10 +148,11 @@ def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
     x = torch.nn.functional.pad(x, (0, (-length) % block))
     total = x.shape[-1]
     if cfg.causal:
-        # Stream the chunks, then one more block of zeros: the remix lags by ``delay`` samples.
-        x = torch.nn.functional.pad(x, (0, block))
+        # Stream the chunks, then blocks of zeros: the remix lags by ``delay`` samples.
+        tail = -(-cfg.delay // block) * block
+        x = torch.nn.functional.pad(x, (0, tail))
         state, done = None, 0
-        for start in tqdm(range(0, total + block, chunk), disable=not progress,
+        for start in tqdm(range(0, total + tail, chunk), disable=not progress,
                           desc="rebalance"):
             y, state = model.remix_aligned(x[..., start : start + chunk], gains, presence,
                                            listener, state)

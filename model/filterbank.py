@@ -22,24 +22,34 @@ FEW_FRAMES = 8
 instead of taking an inverse FFT (a streamed block is two frames of the causal layout)."""
 
 
-def low_delay_windows(window: int, synthesis: int) -> tuple[Tensor, Tensor]:
+def low_delay_windows(window: int, synthesis: int, reach: int = 0) -> tuple[Tensor, Tensor]:
     """Analysis and synthesis windows ``(window,)`` (float64).
 
-    Analysis: the rising half of a Hann window up to ``window - synthesis / 2`` samples, then the
-    falling half of a square-root Hann of ``synthesis`` samples. Synthesis: periodic Hann of
-    ``synthesis`` samples divided by the analysis window over the last ``synthesis`` samples.
+    Analysis: the rising half of a Hann window up to ``window - reach - synthesis / 2``
+    samples, then (``reach`` 0) the falling half of a square-root Hann of ``synthesis`` samples,
+    or (``reach`` > 0) ones for ``synthesis / 2`` samples and a falling half-cosine over the last
+    ``reach``. Synthesis: periodic Hann of ``synthesis`` samples divided by the analysis window
+    over the ``synthesis`` samples that end ``reach`` samples before the frame's end.
     """
-    if synthesis % 2 or synthesis > window:
-        raise ValueError("synthesis must be even and at most window")
-    rise = window - synthesis // 2
+    if synthesis % 2 or reach < 0 or synthesis + reach >= window:
+        raise ValueError(f"synthesis must be even and synthesis + reach below window, got "
+                         f"window {window}, synthesis {synthesis}, reach {reach}")
+    rise = window - reach - synthesis // 2
     n = torch.arange(rise, dtype=torch.float64)
     rising = 0.5 * (1 - torch.cos(math.pi * n / rise))
     hann = 0.5 * (1 - torch.cos(2 * math.pi * torch.arange(synthesis, dtype=torch.float64)
                                 / synthesis))
-    analysis = torch.cat([rising, hann[synthesis // 2 :].sqrt()])
+    if reach:
+        m = torch.arange(1, reach + 1, dtype=torch.float64)
+        tail = [torch.ones(synthesis // 2, dtype=torch.float64),
+                0.5 * (1 + torch.cos(math.pi * m / (reach + 1)))]
+    else:
+        tail = [hann[synthesis // 2 :].sqrt()]
+    analysis = torch.cat([rising, *tail])
     synth = torch.zeros(window, dtype=torch.float64)
-    tail = analysis[window - synthesis :]
-    synth[window - synthesis :] = torch.where(tail > 0, hann / tail.clamp(min=1e-12), 0.0)
+    end = window - reach
+    part = analysis[end - synthesis : end]
+    synth[end - synthesis : end] = torch.where(part > 0, hann / part.clamp(min=1e-12), 0.0)
     return analysis, synth
 
 
@@ -120,32 +130,49 @@ class LowDelaySTFT(nn.Module):
 
     Both carry state for streaming: the analysis keeps the last ``window - hop`` input samples,
     the synthesis the overlapping half of the last frame's output.
+
+    ``reach`` > 0 ends each frame's synthesis span that many samples before the frame's end, so
+    a gain's anti-causal taps reach at least ``reach`` samples ahead of every output sample
+    (a zero-phase gain is applied with finer frequency detail); the delay grows by ``reach``:
+    :attr:`delay` ``= synthesis / 2 + reach``, look-ahead ``synthesis + reach - 1`` samples.
     """
 
-    def __init__(self, window: int = 1024, synthesis: int = 128) -> None:
+    def __init__(self, window: int = 1024, synthesis: int = 128, reach: int = 0) -> None:
         super().__init__()
         self.window, self.synthesis, self.hop = window, synthesis, synthesis // 2
-        analysis, synth = low_delay_windows(window, synthesis)
+        self.reach = reach
+        analysis, synth = low_delay_windows(window, synthesis, reach)
         self.register_buffer("analysis_window", analysis.float())
         # Persistent: transformers' loader leaves non-persistent buffers uninitialised.
-        self.register_buffer("synthesis_window", synth[window - synthesis :].float())
+        self.register_buffer("synthesis_window", synth[self._span].float())
         self._basis: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     @property
     def bins(self) -> int:
         return self.window // 2 + 1
 
+    @property
+    def delay(self) -> int:
+        """Samples by which :meth:`synthesise`'s output lags the analysed input."""
+        return self.synthesis - self.hop + self.reach
+
+    @property
+    def _span(self) -> slice:
+        """The samples of a frame that its synthesis keeps."""
+        end = self.window - self.reach
+        return slice(end - self.synthesis, end)
+
     def synthesis_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``(2 * bins, synthesis)``: the last ``synthesis`` samples of the inverse real FFT
-        of a frame, times the synthesis window, as a matrix acting on the frame's interleaved
-        real and imaginary parts (what :func:`torch.fft.irfft` does to them, imaginary parts
-        of the DC and Nyquist bins ignored). Kept per dtype and device; tracing a compiled step
-        (torch.export) reads it (a constant of the graph) but never keeps one it made (a
-        traced placeholder)."""
+        """``(2 * bins, synthesis)``: the ``synthesis`` samples of the inverse real FFT of a
+        frame that its synthesis keeps, times the synthesis window, as a matrix acting on the
+        frame's interleaved real and imaginary parts (what :func:`torch.fft.irfft` does to
+        them, imaginary parts of the DC and Nyquist bins ignored). Kept per dtype and device;
+        tracing a compiled step (torch.export) reads it (a constant of the graph) but never
+        keeps one it made (a traced placeholder)."""
         key = (dtype, device)
         tracing = torch.compiler.is_compiling()
         if key not in self._basis:
-            n = torch.arange(self.window - self.synthesis, self.window, dtype=torch.float64)
+            n = torch.arange(self._span.start, self._span.stop, dtype=torch.float64)
             k = torch.arange(self.bins, dtype=torch.float64)
             weight = torch.full((self.bins, 1), 2.0, dtype=torch.float64)
             weight[0] = weight[-1] = 1.0
@@ -184,7 +211,7 @@ class LowDelaySTFT(nn.Module):
             basis = self.synthesis_basis(spectra.real.dtype, spectra.device)
             frames = torch.view_as_real(spectra).flatten(-2) @ basis
         else:
-            frames = torch.fft.irfft(spectra, n=self.window)[..., self.window - self.synthesis :]
+            frames = torch.fft.irfft(spectra, n=self.window)[..., self._span]
             frames = frames * self.synthesis_window.to(frames.dtype)
         first, second = frames[..., :h], frames[..., h:]
         if state is None:

@@ -62,6 +62,7 @@ class TuttiConfig(PretrainedConfig):
         strides: tuple[int, ...] = (8, 8, 2),
         fb_window: int = 1024,
         fb_synthesis: int = 128,
+        fb_reach: int = 0,
         gain_bands: int = 0,
         static_eq: bool = False,
         context_eq: bool = False,
@@ -93,6 +94,7 @@ class TuttiConfig(PretrainedConfig):
         self.strides = list(strides)
         self.fb_window = int(fb_window)
         self.fb_synthesis = int(fb_synthesis)
+        self.fb_reach = int(fb_reach)
         self.gain_bands = int(gain_bands)
         self.static_eq = bool(static_eq)
         self.context_eq = bool(context_eq)
@@ -128,8 +130,9 @@ class TuttiConfig(PretrainedConfig):
 
     @property
     def delay(self) -> int:
-        """Samples by which :meth:`TuttiModel.remix` output lags its input."""
-        return self.fb_synthesis // 2
+        """Samples by which :meth:`TuttiModel.remix` output lags its input (the filterbank's
+        :attr:`~model.filterbank.LowDelaySTFT.delay`: half its synthesis plus ``fb_reach``)."""
+        return self.fb_synthesis // 2 + self.fb_reach
 
     @property
     def frame_ms(self) -> float:
@@ -250,7 +253,7 @@ class TuttiModel(PreTrainedModel):
         self.cond = nn.Sequential(nn.Linear(cond_in, cd), nn.GELU(), nn.Linear(cd, cd), nn.GELU())
         chans = [2, *config.channels]
         k = config.mask_level
-        self.filterbank = LowDelaySTFT(config.fb_window, config.fb_synthesis)
+        self.filterbank = LowDelaySTFT(config.fb_window, config.fb_synthesis, config.fb_reach)
         bins = self.filterbank.bins
         self.encoder = nn.ModuleList(
             EncoderLayer(chans[i], chans[i + 1], s, cd, causal=causal)
@@ -750,8 +753,10 @@ class TuttiModel(PreTrainedModel):
         return out[..., :length]
 
     def _pad_offline(self, signal: Tensor) -> Tensor:
-        """``signal (..., T)`` padded at the end as :meth:`remix_offline` pads its input."""
-        pad = (-signal.shape[-1]) % self.config.block + self.config.block
+        """``signal (..., T)`` padded at the end as :meth:`remix_offline` pads its input: to
+        whole blocks, then as many blocks as the output's ``delay`` needs."""
+        block = self.config.block
+        pad = (-signal.shape[-1]) % block + -(-self.config.delay // block) * block
         return F.pad(signal, (0, pad))
 
     def slot_power(self, signal: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from model.filterbank import (
@@ -40,10 +41,41 @@ def test_apply_gain_equals_the_complex_product_with_its_gradients() -> None:
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_few_frame_synthesis_equals_the_inverse_fft() -> None:
+@pytest.mark.parametrize("reach", [0, 92])
+def test_filterbank_reconstructs_with_its_delay_and_look_ahead(reach: int) -> None:
+    """An all-ones gain returns the input :attr:`delay` samples late, and with any gain an
+    output sample depends on input at most ``synthesis + reach - 1`` samples ahead of it, and
+    some sample of each hop on input two samples short of that (the periodic Hann's first
+    sample and the falling tail's last are zero or nearly)."""
+    fb = LowDelaySTFT(1024, 128, reach)
+    assert fb.delay == 64 + reach
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 64 * 60)
+    spectra, _ = fb.analyse(x)
+    y, _ = fb.synthesise(spectra)
+    assert torch.allclose(y[..., fb.delay :], x[..., : x.shape[-1] - fb.delay], atol=1e-5)
+    gain = 2 * torch.rand(spectra.shape)
+    out, _ = fb.synthesise(apply_gain(spectra, gain))
+    ahead = 128 + reach - 1
+    reached = []
+    for t in range(2000, 2064):  # one hop of output samples (input time t)
+        later = x.clone()
+        later[..., t + ahead + 1 :] += 1.0
+        changed, _ = fb.synthesise(apply_gain(fb.analyse(later)[0], gain))
+        assert torch.equal(changed[..., : t + fb.delay + 1], out[..., : t + fb.delay + 1])
+        nearer = x.clone()
+        nearer[..., t + ahead - 2 :] += 1.0
+        changed, _ = fb.synthesise(apply_gain(fb.analyse(nearer)[0], gain))
+        reached.append(not torch.equal(changed[..., : t + fb.delay + 1],
+                                       out[..., : t + fb.delay + 1]))
+    assert any(reached)
+
+
+@pytest.mark.parametrize("reach", [0, 92])
+def test_few_frame_synthesis_equals_the_inverse_fft(reach: int) -> None:
     """A streamed block's synthesis (a product with a basis) equals the inverse-FFT path, the
     imaginary parts of the DC and Nyquist bins ignored as ``irfft`` ignores them."""
-    fb = LowDelaySTFT(1024, 128)
+    fb = LowDelaySTFT(1024, 128, reach)
     torch.manual_seed(1)
     spectra, _ = fb.analyse(torch.randn(1, 2, 64 * 20))
     spectra = apply_gain(spectra, 2 * torch.rand(spectra.shape))
@@ -90,10 +122,11 @@ def test_apply_complex_gain_is_the_complex_product() -> None:
                           spectra * torch.view_as_complex(gain), atol=1e-6)
 
 
-def _applied_response_error(gain_db: torch.Tensor, complex_gain: torch.Tensor) -> float:
+def _applied_response_error(gain_db: torch.Tensor, complex_gain: torch.Tensor,
+                            reach: int = 0) -> float:
     """Mean |measured - wanted| (dB, 50 Hz to 8 kHz) of a gain applied to white noise through
-    the causal filterbank (1024 / 128), measured on 4096-point long-term spectra."""
-    fb = LowDelaySTFT(1024, 128)
+    the causal filterbank (1024 / 128, ``reach``), measured on 4096-point long-term spectra."""
+    fb = LowDelaySTFT(1024, 128, reach)
     torch.manual_seed(3)
     x = torch.randn(1, 1, 64 * 3000)
     spectra, _ = fb.analyse(x)
@@ -104,7 +137,8 @@ def _applied_response_error(gain_db: torch.Tensor, complex_gain: torch.Tensor) -
         spectrum = torch.stft(s[0], 4096, 1024, window=window, return_complex=True)
         return spectrum.abs().square().mean(-1)[0]
 
-    measured = 10 * torch.log10(power(y[..., 64:]) / power(x[..., : y.shape[-1] - 64]))
+    d = fb.delay
+    measured = 10 * torch.log10(power(y[..., d:]) / power(x[..., : y.shape[-1] - d]))
     f_fine = torch.arange(2049) * 44100 / 4096
     f = torch.arange(513) * 44100 / 1024
     wanted = torch.from_numpy(np.interp(f_fine, f, gain_db)).float()
@@ -122,3 +156,15 @@ def test_minimum_phase_gain_is_applied_finer_than_a_real_gain() -> None:
     minimum = _applied_response_error(
         gain_db, torch.view_as_complex(minimum_phase(log_mag[None].expand(9, -1), 1024))[0])
     assert minimum < 0.8 < 1.5 < real, (minimum, real)
+
+
+def test_reach_applies_a_real_gain_finer() -> None:
+    """Peaks every 600 Hz (±6 dB: taps 74 samples either side): with the synthesis span ending
+    92 samples before the frame's end (the anti-causal taps reach that far) the real gain
+    keeps its shape (measured here: 0.3 dB off against 1.6 dB)."""
+    f = torch.arange(513) * 44100 / 1024
+    gain_db = 6 * torch.cos(2 * math.pi * f / 600)
+    gain = torch.exp(gain_db * math.log(10) / 20).to(torch.cfloat)
+    near = _applied_response_error(gain_db, gain)
+    reaching = _applied_response_error(gain_db, gain, reach=92)
+    assert reaching < 0.5 < 1.0 < near, (reaching, near)

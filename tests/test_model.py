@@ -48,13 +48,20 @@ MIN_PHASE = dict(SMOOTH, min_phase=True)
 LONG_SYNTHESIS = dict(SLOT_GRU, strides=(6, 6, 3), fb_synthesis=216)
 """conf/train_causal_long_synthesis.yaml's layout: a 216-sample synthesis window, the bottleneck
 at its hop (108 samples: no decoder level), look-ahead 215 samples."""
+REACH = dict(SLOT_GRU, fb_reach=28)
+"""The shipped causal layout with its synthesis spans ending 28 samples before their frames'
+ends: look-ahead 127 + 64 + 28 = 219 samples."""
+REACH_AT_HOP = dict(SLOT_GRU, channels=(8, 16), strides=(8, 8), fb_reach=92)
+"""The bottleneck at the hop (64 samples) and a reach of 92: look-ahead 63 + 64 + 92 = 219
+samples; the output's delay (156) is longer than a block."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
                                SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SLOT_ATTENTION,
-                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS],
+                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS, REACH, REACH_AT_HOP],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
                          "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
-                         "slot_attention", "smooth", "min_phase", "long_synthesis"])
+                         "slot_attention", "smooth", "min_phase", "long_synthesis", "reach",
+                         "reach_at_hop"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -430,8 +437,9 @@ def test_long_hop_layout() -> None:
 
 
 @pytest.mark.parametrize(("layout", "causal", "chunk", "overlap"), [
-    (SMALL, False, 1.0, 0.25), (SMALL, True, 1.0, 0.25), (LONG_HOP, False, 2.0, 1.0)],
-    ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal"])
+    (SMALL, False, 1.0, 0.25), (SMALL, True, 1.0, 0.25), (LONG_HOP, False, 2.0, 1.0),
+    (REACH_AT_HOP, True, 1.0, 0.25)],
+    ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal", "reach-delay-over-a-block"])
 def test_chunked_inference_matches_whole_pass(layout: dict, causal: bool, chunk: float,
                                               overlap: float) -> None:
     model = _model(causal, layout)
@@ -442,6 +450,11 @@ def test_chunked_inference_matches_whole_pass(layout: dict, causal: bool, chunk:
     whole = remix(model, x, request, chunk_seconds=10.0)
     chunked = remix(model, x, request, chunk_seconds=chunk, overlap_seconds=overlap)
     assert whole.shape == x.shape
+    if causal:  # the streamed chunks end as the one pass does, however long the delay
+        with torch.no_grad():
+            one_pass = model(mixture, gains, presence, audiogram, ratio, makeup,
+                             hearing_aid=False)[0].numpy()
+        assert np.abs(whole - one_pass).max() <= 1e-5
     # Causal chunks carry state (exact); non-causal chunks cross-fade (near-exact here,
     # since the receptive field is shorter than the overlap).
     assert np.abs(whole - chunked).max() <= (1e-5 if causal else 1e-3 * np.abs(whole).max())
