@@ -14,7 +14,7 @@ from model.apply import Request
 from model.hearing_aid import HearingAid
 from model.streaming import CompiledStep, Streamer, _cache_key, flat_state, settled_state
 from model.tutti import TuttiConfig, TuttiModel
-from tests.test_model import SMALL
+from tests.test_model import REACH_AT_HOP, SMALL
 
 
 def _request() -> Request:
@@ -23,11 +23,16 @@ def _request() -> Request:
         [[9.6, 11.9, 12.9, 16.4, 19.0, 28.0]] * 2, present=["Violin_1", "Viola", "Cello"])
 
 
-@pytest.mark.parametrize("hops", [[1, 7, 220, 1000, 33], [220], [128], [4410, 3]])
-def test_stream_matches_offline(hops: list[int]) -> None:
+@pytest.mark.parametrize(("layout", "hops"), [
+    (SMALL, [1, 7, 220, 1000, 33]), (SMALL, [220]), (SMALL, [128]), (SMALL, [4410, 3]),
+    (REACH_AT_HOP, [1, 7, 220, 1000, 33])],
+    ids=["mixed", "220", "128", "long-short", "reach-mixed"])
+def test_stream_matches_offline(layout: dict, hops: list[int]) -> None:
     torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=True, **SMALL)).eval()
-    torch.nn.init.normal_(model.decoder[-1].up.proj.weight, std=0.05)
+    model = TuttiModel(TuttiConfig(causal=True, **layout)).eval()
+    torch.nn.init.normal_(model.band_head.weight, std=0.05)
+    if model.decoder:
+        torch.nn.init.normal_(model.decoder[-1].up.proj.weight, std=0.05)
     x = (0.02 * np.random.default_rng(0).standard_normal((2, 20_000))).astype(np.float32)
     request = _request()
     gains, presence, listener = request.tensors()
