@@ -3,8 +3,9 @@
 :class:`Streamer` buffers input into the causal model's blocks (``config.block`` samples, 128 =
 2.9 ms at 44.1 kHz), runs the network with carried state, then the listener's hearing aid with
 carried state. The concatenated output equals the offline causal model on the whole signal
-(to float rounding). Algorithmic latency: ``config.lookahead`` samples (191 = 4.3 ms: the
-block, plus the filterbank's synthesis overlap); the caller's hop adds its own wait.
+(to float rounding). Algorithmic latency: ``config.lookahead`` samples (219 = 5.0 ms for the
+shipped model: the block, the filterbank's synthesis overlap and its reach); the caller's hop
+adds its own wait.
 
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
 time (``torch.export`` + AOTInductor, one shared library per block count): about 3x faster

@@ -15,7 +15,7 @@ at some cost in quality):
    keeps up that is one answer per frame that completes a model block; when it falls behind,
    the frames waiting in its queue are processed together (fewer, larger steps) until it has
    caught up. Output lags input by at most ``latency_samples`` (the model's look-ahead,
-   191 samples = 4.3 ms) plus the client's hop and the compute time.
+   219 samples = 5.0 ms for the shipped model) plus the client's hop and the compute time.
 4. Client sends ``{"type": "end"}``: the server sends the rest of the signal, then
    ``{"type": "end", "samples_in", "samples_out"}`` and closes (1000). A client may also just
    close: its session is dropped.
