@@ -415,6 +415,26 @@ class TuttiModel(PreTrainedModel):
                 setattr(self.config, key, value)
             raise
 
+    def with_fb_reach(self, reach: int, max_lookahead: int | None = 220) -> TuttiModel:
+        """A copy whose filterbank's synthesis spans end ``reach`` samples before their frames'
+        ends (:class:`~model.filterbank.LowDelaySTFT`; the delay and a causal model's look-ahead
+        grow by ``reach``), every weight kept and the filterbank's windows made for the new
+        reach. A causal model's look-ahead must stay within ``max_lookahead`` samples (220:
+        5 ms at 44.1 kHz; None: no limit)."""
+        if reach < 0:
+            raise ValueError(f"fb_reach must be >= 0 samples, got {reach}")
+        config = TuttiConfig(**{**self.config.to_dict(), "fb_reach": int(reach)})
+        if config.causal and max_lookahead is not None and config.lookahead > max_lookahead:
+            raise ValueError(
+                f"fb_reach {reach}: the causal model would look {config.lookahead} samples "
+                f"ahead, over {max_lookahead} (at most "
+                f"{max_lookahead - config.lookahead + reach} fits)")
+        model = TuttiModel(config).to(self.device).eval()
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("filterbank.")}
+        missing, unexpected = model.load_state_dict(own, strict=False)
+        assert all(k.startswith("filterbank.") for k in missing) and not unexpected
+        return model
+
     def with_slot_gate(self, value: float) -> TuttiModel:
         """A model whose slot log-gain is scaled by ``value`` (0: no slot gain, 1: all of it),
         e.g. to follow requests more gently than training chose: a ``slot_gate`` model itself,

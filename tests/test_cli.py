@@ -131,6 +131,32 @@ def test_export_sets_inference_settings_and_the_slot_gate(tmp_path: Path, capsys
     assert "the model has no slot gains" in capsys.readouterr().err
 
 
+def test_export_sets_the_filterbank_reach(tmp_path: Path, capsys) -> None:
+    """`tutti export --fb-reach R`: the same weights, the filterbank made for reach R (it
+    reconstructs its input R samples later than before), look-ahead grown by R; a reach that
+    takes a causal model past 5 ms is an error naming what fits, and writes nothing."""
+    from model.apply import load_model
+    from tests.test_model import SLOT_GATE
+
+    torch.manual_seed(0)
+    TuttiModel(TuttiConfig(causal=True, **SLOT_GATE)).save_pretrained(tmp_path / "run")
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--fb-reach", "28"]) == 0
+    src, dst = load_model(tmp_path / "run"), load_model(out)
+    assert (dst.config.fb_reach, dst.config.lookahead) == (28, src.config.lookahead + 28)
+    for (name, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
+        assert name.startswith("filterbank.") or torch.equal(a, b), name
+    x = torch.randn(1, 2, 64 * 40)
+    spectra, _ = dst.filterbank.analyse(x)
+    y, _ = dst.filterbank.synthesise(spectra)
+    assert torch.allclose(y[..., 64 + 28 :], x[..., : -(64 + 28)], atol=1e-5)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"),
+                 "--fb-reach", "30"]) == 2
+    assert "would look 221 samples ahead, over 220 (at most 29 fits)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_picks_the_run_weights_asked_for(tmp_path: Path, capsys) -> None:
     """`tutti export RUN --weights best|last|last-average` copies ``RUN/best``, the checkpoint's
     own weights or its weight average (``ema.safetensors``); asking a model folder, or a run

@@ -196,6 +196,8 @@ def _export(args: argparse.Namespace) -> None:
     model.set_inference(**settings)
     if args.slot_gate is not None:
         model = model.with_slot_gate(args.slot_gate)
+    if args.fb_reach is not None:
+        model = model.with_fb_reach(args.fb_reach)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"exported {args.out}")
 
@@ -302,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-gate", type=float, default=None,
                    help="scale the slot log-gain by this (a slot_gate model's learned scale is "
                         "replaced; a model without a gate gets one)")
+    p.add_argument("--fb-reach", type=int, default=None, metavar="SAMPLES",
+                   help="end the filterbank's synthesis spans this many samples before their "
+                        "frames' ends (a causal model's look-ahead grows by it, at most 220)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference-time settings: gain_smooth_ms, slot_mean_order, "
                         "min_phase (0 or 1)")
