@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.apply import Request, load_model  # noqa: E402
+from model.apply import load_model  # noqa: E402
 from model.batch import BASELINES, Pair, hearing_aid, run_batch  # noqa: E402
 from model.filterbank import LowDelaySTFT, apply_gain  # noqa: E402
 from model.hearing_aid import db_to_gain, level_adjustment_db  # noqa: E402
@@ -74,12 +74,7 @@ class GainsThrough:
 
     @torch.no_grad()
     def __call__(self, pair: Pair) -> np.ndarray:
-        slots = pair.music.slots()
-        gains = {slots[k]: g for k, g in pair.gains_db.items() if k in slots}
-        listener = pair.split.listeners[pair.listener_id]
-        audiogram = np.array([listener.levels_l, listener.levels_r])
-        request = Request.from_gains(gains, audiogram, pair.ratio, pair.makeup_db)
-        gains_db, presence, lst = request.tensors()
+        gains_db, presence, lst = pair.request().tensors()
         mixture = torch.from_numpy(np.ascontiguousarray(pair.mixture, dtype=np.float32))[None]
         length = mixture.shape[-1]
         internals: dict = {}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from tqdm import tqdm
 from model.audio import write_submission
 from model.cad2 import CAD2Split, Music, split_folder
 from model.hearing_aid import HearingAid, adjust_level, remix
+
+if TYPE_CHECKING:
+    from model.apply import Request
 
 
 @dataclass
@@ -40,6 +44,16 @@ class Pair:
     def stems(self) -> dict[str, np.ndarray]:
         """The true stems (only reference systems may use them)."""
         return self.split.stems(self.music.music_id)
+
+    def request(self) -> Request:
+        """The scene's gains on the ensemble's slots and the listener, as a model request."""
+        from model.apply import Request  # here: model.apply loads the network's modules
+
+        slots = self.music.slots()
+        gains = {slots[k]: g for k, g in self.gains_db.items() if k in slots}
+        listener = self.split.listeners[self.listener_id]
+        audiogram = np.array([listener.levels_l, listener.levels_r])
+        return Request.from_gains(gains, audiogram, self.ratio, self.makeup_db)
 
     def stem_stack(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The true stems ``(K, 2, samples)`` and their gains ``(K,)`` dB, both float64, in
@@ -91,14 +105,9 @@ class ModelSystem:
     model: torch.nn.Module
 
     def __call__(self, pair: Pair) -> np.ndarray:
-        from model.apply import Request, rebalance
+        from model.apply import rebalance
 
-        slots = pair.music.slots()
-        gains = {slots[k]: g for k, g in pair.gains_db.items() if k in slots}
-        listener = pair.split.listeners[pair.listener_id]
-        audiogram = np.array([listener.levels_l, listener.levels_r])
-        request = Request.from_gains(gains, audiogram, pair.ratio, pair.makeup_db)
-        return rebalance(self.model, pair.mixture, request)
+        return rebalance(self.model, pair.mixture, pair.request())
 
 
 BASELINES: dict[str, System] = {"noop": noop_system, "oracle": oracle_system}
