@@ -8,9 +8,8 @@ worth from what its filterbank lets them do: it runs the model over each whole f
 log-gain its filterbank applies (``internals["log_gain"]`` of :meth:`TuttiModel.remix`), maps it
 to the frames (centres aligned; averaged over the source frames a longer hop spans) and bins
 (linear in frequency) of ``LowDelaySTFT(window, synthesis, reach)``, applies it there with zero
-phase,
-then the model's level and the listener's hearing aid, and scores noop and the result with the
-CAD2 recipe's HAAQI. With the model's own filterbank it reproduces the model's output.
+phase, then the model's level and the listener's hearing aid, and scores noop and the result
+with the CAD2 recipe's HAAQI. With the model's own filterbank it reproduces the model's output.
 ``--bands k`` first averages the gain over ``k`` log-spaced bands (as ``slot_bands``);
 ``--reach r`` ends each frame's synthesis span ``r`` samples before the frame's end (look-ahead
 ``synthesis + r - 1``).

@@ -149,10 +149,9 @@ def iter_remix(model: TuttiModel, mixture: np.ndarray, request: Request,
     total = x.shape[-1]
     if cfg.causal:
         # Stream the chunks, then blocks of zeros: the remix lags by ``delay`` samples.
-        tail = -(-cfg.delay // block) * block
-        x = torch.nn.functional.pad(x, (0, tail))
+        x = torch.nn.functional.pad(x, (0, cfg.drain))
         state, done = None, 0
-        for start in tqdm(range(0, total + tail, chunk), disable=not progress,
+        for start in tqdm(range(0, total + cfg.drain, chunk), disable=not progress,
                           desc="rebalance"):
             y, state = model.remix_aligned(x[..., start : start + chunk], gains, presence,
                                            listener, state)

@@ -140,6 +140,12 @@ class TuttiConfig(PretrainedConfig):
         return 1e3 * (self.fb_synthesis // 2) / self.sample_rate
 
     @property
+    def drain(self) -> int:
+        """Samples of zeros, in whole blocks, that bring out the last ``delay`` samples of a
+        signal after its (block-padded) end."""
+        return -(-self.delay // self.block) * self.block
+
+    @property
     def lookahead(self) -> int:
         """Causal: the furthest input sample ahead of an output sample that it depends on."""
         return self.block - 1 + self.delay
@@ -774,9 +780,8 @@ class TuttiModel(PreTrainedModel):
 
     def _pad_offline(self, signal: Tensor) -> Tensor:
         """``signal (..., T)`` padded at the end as :meth:`remix_offline` pads its input: to
-        whole blocks, then as many blocks as the output's ``delay`` needs."""
-        block = self.config.block
-        pad = (-signal.shape[-1]) % block + -(-self.config.delay // block) * block
+        whole blocks, then :attr:`TuttiConfig.drain`."""
+        pad = (-signal.shape[-1]) % self.config.block + self.config.drain
         return F.pad(signal, (0, pad))
 
     def slot_power(self, signal: Tensor) -> Tensor:
