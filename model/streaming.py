@@ -3,9 +3,10 @@
 :class:`Streamer` buffers input into the causal model's blocks (``config.block`` samples, 128 =
 2.9 ms at 44.1 kHz), runs the network with carried state, then the listener's hearing aid with
 carried state. The concatenated output equals the offline causal model on the whole signal
-(to float rounding). Algorithmic latency: ``config.lookahead`` samples (219 = 5.0 ms for the
-shipped model: the block, the filterbank's synthesis overlap and its reach); the caller's hop
-adds its own wait.
+(to float rounding). Algorithmic latency: ``block - 1 + delay`` samples (219 = 5.0 ms for the
+shipped model: the block, the filterbank's synthesis overlap and its reach; its look-ahead, except
+for a model whose gains lag, ``gain_lag``, whose look-ahead is shorter than a block-wise stream
+waits); the caller's hop adds its own wait.
 
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
 time (``torch.export`` + AOTInductor, one shared library per block count): about 3x faster
@@ -337,8 +338,11 @@ class Streamer:
 
     @property
     def latency(self) -> int:
-        """Worst-case algorithmic latency (samples) between an input sample and its output."""
-        return self.model.config.lookahead
+        """Worst-case algorithmic latency (samples) between an input sample and its output: the
+        rest of its block plus the output's delay. That is the look-ahead, unless the gains lag
+        (``gain_lag``): the output then depends on less input ahead than a block-wise stream
+        waits for."""
+        return self.block - 1 + self.model.config.delay
 
     @property
     def buffered(self) -> int:

@@ -63,6 +63,7 @@ class TuttiConfig(PretrainedConfig):
         fb_window: int = 1024,
         fb_synthesis: int = 128,
         fb_reach: int = 0,
+        gain_lag: int = 0,
         gain_bands: int = 0,
         static_eq: bool = False,
         context_eq: bool = False,
@@ -95,6 +96,7 @@ class TuttiConfig(PretrainedConfig):
         self.fb_window = int(fb_window)
         self.fb_synthesis = int(fb_synthesis)
         self.fb_reach = int(fb_reach)
+        self.gain_lag = int(gain_lag)
         self.gain_bands = int(gain_bands)
         self.static_eq = bool(static_eq)
         self.context_eq = bool(context_eq)
@@ -147,8 +149,9 @@ class TuttiConfig(PretrainedConfig):
 
     @property
     def lookahead(self) -> int:
-        """Causal: the furthest input sample ahead of an output sample that it depends on."""
-        return self.block - 1 + self.delay
+        """Causal: the furthest input sample ahead of an output sample that it depends on (a
+        frame's gain sees to the end of its block; ``gain_lag`` frames late, that much less)."""
+        return self.block - 1 + self.delay - self.gain_lag * (self.fb_synthesis // 2)
 
     @property
     def mask_level(self) -> int:
@@ -310,6 +313,10 @@ class TuttiModel(PreTrainedModel):
             raise ValueError(f"slot_long_ms must be > 0 ms, got {config.slot_long_ms}")
         if config.slot_context < 1:
             raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
+        frames_per_block = config.block // (config.fb_synthesis // 2)
+        if not 0 <= config.gain_lag < frames_per_block:
+            raise ValueError(f"gain_lag must be 0 to {frames_per_block - 1} frames (a block "
+                             f"holds {frames_per_block}), got {config.gain_lag}")
         _check_inference_settings(config)
         if config.static_eq:
             # Band gains from the head's features averaged over the signal so far (causal: a
@@ -421,19 +428,22 @@ class TuttiModel(PreTrainedModel):
                 setattr(self.config, key, value)
             raise
 
-    def with_fb_reach(self, reach: int, max_lookahead: int | None = 220) -> TuttiModel:
+    def with_fb_reach(self, reach: int, gain_lag: int | None = None,
+                      max_lookahead: int | None = 220) -> TuttiModel:
         """A copy whose filterbank's synthesis spans end ``reach`` samples before their frames'
         ends (:class:`~model.filterbank.LowDelaySTFT`; the delay and a causal model's look-ahead
         grow by ``reach``), every weight kept and the filterbank's windows made for the new
-        reach. A causal model's look-ahead must stay within ``max_lookahead`` samples (220:
-        5 ms at 44.1 kHz; None: no limit)."""
+        reach; ``gain_lag`` (None: kept) frames by which the gains are applied late (a causal
+        model's look-ahead shrinks by that many hops). A causal model's look-ahead must stay
+        within ``max_lookahead`` samples (220: 5 ms at 44.1 kHz; None: no limit)."""
         if reach < 0:
             raise ValueError(f"fb_reach must be >= 0 samples, got {reach}")
-        config = TuttiConfig(**{**self.config.to_dict(), "fb_reach": int(reach)})
+        lag = self.config.gain_lag if gain_lag is None else int(gain_lag)
+        config = TuttiConfig(**{**self.config.to_dict(), "fb_reach": int(reach), "gain_lag": lag})
         if config.causal and max_lookahead is not None and config.lookahead > max_lookahead:
             raise ValueError(
-                f"fb_reach {reach}: the causal model would look {config.lookahead} samples "
-                f"ahead, over {max_lookahead} (at most "
+                f"fb_reach {reach} with gain_lag {lag}: the causal model would look "
+                f"{config.lookahead} samples ahead, over {max_lookahead} (at most "
                 f"{max_lookahead - config.lookahead + reach} fits)")
         model = TuttiModel(config).to(self.device).eval()
         own = {k: v for k, v in self.state_dict().items() if not k.startswith("filterbank.")}
@@ -570,6 +580,14 @@ class TuttiModel(PreTrainedModel):
                 internals["slot_log_weights"] = log_weights
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
+        if cfg.gain_lag:  # each frame takes the gain of the frame gain_lag earlier (0 at first)
+            before = state.get("lag")
+            if before is None:
+                before = log_gain.new_zeros(*log_gain.shape[:2], cfg.gain_lag,
+                                            log_gain.shape[3])
+            lagged = torch.cat([before, log_gain], dim=2)
+            n = log_gain.shape[2]
+            log_gain, new_state["lag"] = lagged[:, :, :n], lagged[:, :, n:]
         if internals is not None:
             internals["log_gain"] = log_gain
         if cfg.min_phase:

@@ -155,6 +155,15 @@ def test_export_sets_the_filterbank_reach(tmp_path: Path, capsys) -> None:
                  "--fb-reach", "30"]) == 2
     assert "would look 221 samples ahead, over 220 (at most 29 fits)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # Gains one frame late: the look-ahead a hop shorter, room for a reach of 92.
+    assert main(["export", str(out), "--out", str(tmp_path / "lag"), "--gain-lag", "1",
+                 "--fb-reach", "92"]) == 0
+    lagged = load_model(tmp_path / "lag")
+    assert (lagged.config.gain_lag, lagged.config.lookahead) == (1, 219)
+    assert main(["export", str(tmp_path / "lag"), "--out", str(tmp_path / "x"),
+                 "--gain-lag", "2"]) == 2
+    assert "gain_lag must be 0 to 1 frames (a block holds 2), got 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_picks_the_run_weights_asked_for(tmp_path: Path, capsys) -> None:

@@ -54,14 +54,19 @@ ends: look-ahead 127 + 64 + 28 = 219 samples."""
 REACH_AT_HOP = dict(SLOT_GRU, channels=(8, 16), strides=(8, 8), fb_reach=92)
 """The bottleneck at the hop (64 samples) and a reach of 92: look-ahead 63 + 64 + 92 = 219
 samples; the output's delay (156) is longer than a block."""
+LAGGED = dict(SLOT_GRU, fb_reach=92, gain_lag=1)
+"""The shipped causal layout with its gains applied one frame (64 samples) late: the network
+looks no further ahead than a frame's end, which leaves a reach of 92 (look-ahead 127 + 64 + 92
+- 64 = 219 samples)."""
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
                                SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SLOT_ATTENTION,
-                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS, REACH, REACH_AT_HOP],
+                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS, REACH, REACH_AT_HOP,
+                               LAGGED],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
                          "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
                          "slot_attention", "smooth", "min_phase", "long_synthesis", "reach",
-                         "reach_at_hop"])
+                         "reach_at_hop", "lagged"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -113,20 +118,23 @@ def _inputs(batch: int = 1, seconds: float = 1.0):
 
 @pytest.mark.parametrize(**HEAD_LAYOUTS)
 def test_causal_model_sees_at_most_5ms_ahead(layout: dict) -> None:
+    """No output sample depends on input more than ``config.lookahead`` (<= 220) samples
+    ahead."""
     model = _model(causal=True, layout=layout)
-    assert model.config.lookahead <= LOOKAHEAD
+    ahead = model.config.lookahead
+    assert ahead <= LOOKAHEAD
     mixture, *cond = _inputs()
     with torch.no_grad():
         y = model(mixture, *cond)
         for t0 in (10_000, 22_050, 30_001):
             perturbed = mixture.clone()
-            perturbed[..., t0 + LOOKAHEAD + 1 :] += 0.02 * torch.randn_like(
-                perturbed[..., t0 + LOOKAHEAD + 1 :])
+            perturbed[..., t0 + ahead + 1 :] += 0.02 * torch.randn_like(
+                perturbed[..., t0 + ahead + 1 :])
             y2 = model(perturbed, *cond)
             # Bit-exact but for the rounding of the hearing aid's FFT convolution.
             past = (y[..., : t0 + 1] - y2[..., : t0 + 1]).abs().max()
             assert past <= 1e-6 * y.abs().max(), (t0, past)
-            assert not torch.allclose(y[..., t0 + LOOKAHEAD + 1 :], y2[..., t0 + LOOKAHEAD + 1 :])
+            assert not torch.allclose(y[..., t0 + ahead + 1 :], y2[..., t0 + ahead + 1 :])
 
 
 @pytest.mark.parametrize("name", ["static_eq", "context_eq"])
@@ -438,8 +446,9 @@ def test_long_hop_layout() -> None:
 
 @pytest.mark.parametrize(("layout", "causal", "chunk", "overlap"), [
     (SMALL, False, 1.0, 0.25), (SMALL, True, 1.0, 0.25), (LONG_HOP, False, 2.0, 1.0),
-    (REACH_AT_HOP, True, 1.0, 0.25)],
-    ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal", "reach-delay-over-a-block"])
+    (REACH_AT_HOP, True, 1.0, 0.25), (LAGGED, True, 1.0, 0.25)],
+    ids=["hop64-noncausal", "hop64-causal", "hop512-noncausal", "reach-delay-over-a-block",
+         "lagged"])
 def test_chunked_inference_matches_whole_pass(layout: dict, causal: bool, chunk: float,
                                               overlap: float) -> None:
     model = _model(causal, layout)

@@ -14,7 +14,7 @@ from model.apply import Request
 from model.hearing_aid import HearingAid
 from model.streaming import CompiledStep, Streamer, _cache_key, flat_state, settled_state
 from model.tutti import TuttiConfig, TuttiModel
-from tests.test_model import REACH_AT_HOP, SMALL
+from tests.test_model import LAGGED, REACH_AT_HOP, SMALL
 
 
 def _request() -> Request:
@@ -25,8 +25,8 @@ def _request() -> Request:
 
 @pytest.mark.parametrize(("layout", "hops"), [
     (SMALL, [1, 7, 220, 1000, 33]), (SMALL, [220]), (SMALL, [128]), (SMALL, [4410, 3]),
-    (REACH_AT_HOP, [1, 7, 220, 1000, 33])],
-    ids=["mixed", "220", "128", "long-short", "reach-mixed"])
+    (REACH_AT_HOP, [1, 7, 220, 1000, 33]), (LAGGED, [1, 7, 220, 1000, 33])],
+    ids=["mixed", "220", "128", "long-short", "reach-mixed", "lagged-mixed"])
 def test_stream_matches_offline(layout: dict, hops: list[int]) -> None:
     torch.manual_seed(0)
     model = TuttiModel(TuttiConfig(causal=True, **layout)).eval()

@@ -196,8 +196,9 @@ def _export(args: argparse.Namespace) -> None:
     model.set_inference(**settings)
     if args.slot_gate is not None:
         model = model.with_slot_gate(args.slot_gate)
-    if args.fb_reach is not None:
-        model = model.with_fb_reach(args.fb_reach)
+    if args.fb_reach is not None or args.gain_lag is not None:
+        reach = model.config.fb_reach if args.fb_reach is None else args.fb_reach
+        model = model.with_fb_reach(reach, args.gain_lag)
     model.save_pretrained(args.out, safe_serialization=True)
     print(f"exported {args.out}")
 
@@ -307,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fb-reach", type=int, default=None, metavar="SAMPLES",
                    help="end the filterbank's synthesis spans this many samples before their "
                         "frames' ends (a causal model's look-ahead grows by it, at most 220)")
+    p.add_argument("--gain-lag", type=int, default=None, metavar="FRAMES",
+                   help="apply the network's gains this many filterbank hops late (a causal "
+                        "model's look-ahead shrinks by as many hops, room for more reach)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="inference-time settings: gain_smooth_ms, slot_mean_order, "
                         "min_phase (0 or 1)")
