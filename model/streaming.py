@@ -3,10 +3,11 @@
 :class:`Streamer` buffers input into the causal model's blocks (``config.block`` samples, 128 =
 2.9 ms at 44.1 kHz), runs the network with carried state, then the listener's hearing aid with
 carried state. The concatenated output equals the offline causal model on the whole signal
-(to float rounding). Algorithmic latency: ``block - 1 + delay`` samples (219 = 5.0 ms for the
-shipped model: the block, the filterbank's synthesis overlap and its reach; its look-ahead, except
-for a model whose gains lag, ``gain_lag``, whose look-ahead is shorter than a block-wise stream
-waits); the caller's hop adds its own wait.
+(to float rounding). Algorithmic latency: ``config.lookahead`` samples (219 = 5.0 ms for the
+shipped model: the block, the filterbank's synthesis overlap and its reach). A model whose gains
+lag all but one frame of a block (``gain_lag``) streams frame by frame (``config.step``, the
+filterbank hop) while its network waits for whole blocks, so its latency is its look-ahead too;
+the caller's hop adds its own wait.
 
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
 time (``torch.export`` + AOTInductor, one shared library per block count): about 3x faster
@@ -181,6 +182,9 @@ class CompiledStep:
         against 30 s); False: ATen's products, which repack the weights at every call."""
         if not model.config.causal:
             raise ValueError("a compiled stream step needs a causal model")
+        if model.config.step != model.config.block:
+            raise ValueError("no compiled stream step yet for a model whose filterbank steps "
+                             "frame by frame (gain_lag): it streams eagerly")
         device = next(model.parameters()).device
         if device.type != "cpu":
             raise ValueError(f"compiled stream steps are built for the CPU, not {device}")
@@ -312,7 +316,7 @@ class Streamer:
         if not model.config.causal:
             raise ValueError("streaming needs a causal model (config.causal = true)")
         self.model = model
-        self.block = model.config.block
+        self.block = model.config.step  # remix's unit: a block, or a hop (see TuttiConfig.step)
         self.request = request
         self.device = next(model.parameters()).device
         gains, presence, listener = request.tensors()
@@ -339,9 +343,8 @@ class Streamer:
     @property
     def latency(self) -> int:
         """Worst-case algorithmic latency (samples) between an input sample and its output: the
-        rest of its block plus the output's delay. That is the look-ahead, unless the gains lag
-        (``gain_lag``): the output then depends on less input ahead than a block-wise stream
-        waits for."""
+        rest of its step (:attr:`~model.tutti.TuttiConfig.step`) plus the output's delay; the
+        model's look-ahead, unless its gains lag by less than a block."""
         return self.block - 1 + self.model.config.delay
 
     @property

@@ -154,6 +154,15 @@ class TuttiConfig(PretrainedConfig):
         return self.block - 1 + self.delay - self.gain_lag * (self.fb_synthesis // 2)
 
     @property
+    def step(self) -> int:
+        """Samples that :meth:`TuttiModel.remix` takes multiples of: ``block``, or the filterbank
+        hop when the gains lag all but one frame of a block (``gain_lag``): the filterbank then
+        runs frame by frame while the network waits for whole blocks, and a stream's latency
+        is its look-ahead."""
+        hop = self.fb_synthesis // 2
+        return hop if self.gain_lag and self.gain_lag == self.block // hop - 1 else self.block
+
+    @property
     def mask_level(self) -> int:
         """Index of the encoder level whose frame rate is the filterbank hop."""
         hop, out = self.fb_synthesis // 2, 1
@@ -492,7 +501,9 @@ class TuttiModel(PreTrainedModel):
         internals: dict | None = None,
     ) -> tuple[Tensor, dict]:
         """Rebalanced remix before the hearing aid ``(B, 2, T)``, ``delay`` samples late
-        (its first ``delay`` samples precede the input); T a multiple of ``block``.
+        (its first ``delay`` samples precede the input); T a multiple of ``step`` (``block``, or the
+        filterbank hop for a model whose network waits for whole blocks: see
+        :attr:`TuttiConfig.step`).
 
         ``state`` carries a stream (None: start of the signal); the non-causal model also returns
         one, but only the causal model's streamed output equals one pass over the whole signal.
@@ -512,14 +523,55 @@ class TuttiModel(PreTrainedModel):
         new_state["cond"] = (cond, level)
         scale = 10 ** (cfg.input_gain_db / 20)
         spectra, new_state["fb_in"] = self.filterbank.analyse(mixture, state.get("fb_in"))
+        power = torch.log1p(power_spectrum(spectra) * scale**2) / 5.0
+        power = rearrange(power, "b c t f -> b (c f) t")
         x = mixture * scale
+        if cfg.step != cfg.block:  # the network takes whole blocks; the rest waits in the state
+            if "net_x" in state:
+                x = torch.cat([state["net_x"], x], dim=-1)
+                power = torch.cat([state["net_power"], power], dim=-1)
+            whole = x.shape[-1] // cfg.block * cfg.block
+            frames = whole // (cfg.fb_synthesis // 2)
+            new_state["net_x"], new_state["net_power"] = x[..., whole:], power[..., frames:]
+            x, power = x[..., :whole], power[..., :frames]
+        if x.shape[-1]:
+            log_gain = self._network_log_gain(x, power, cond, gains_db, presence, state,
+                                              new_state, internals)
+        else:  # no whole block yet: the network's state stands
+            log_gain = power.new_zeros(*spectra.shape[:2], 0, spectra.shape[-1])
+            for key, value in state.items():
+                new_state.setdefault(key, value)
+        if cfg.gain_lag:  # each frame takes the gain of the frame gain_lag earlier (0 at first)
+            before = state.get("lag")
+            if before is None:
+                before = log_gain.new_zeros(*log_gain.shape[:2], cfg.gain_lag,
+                                            log_gain.shape[3])
+            lagged = torch.cat([before, log_gain], dim=2)
+            n = spectra.shape[2]
+            log_gain, new_state["lag"] = lagged[:, :, :n], lagged[:, :, n:]
+        if internals is not None:
+            internals["log_gain"] = log_gain
+        if cfg.min_phase:
+            masked = apply_complex_gain(
+                spectra, minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window))
+        else:
+            masked = apply_gain(spectra, self.gain(log_gain))
+        out, new_state["fb_out"] = self.filterbank.synthesise(masked, state.get("fb_out"))
+        return out * level[:, None, None], new_state  # synthesis is linear: level last
+
+    def _network_log_gain(self, x: Tensor, power: Tensor, cond: Tensor, gains_db: Tensor,
+                          presence: Tensor, state: dict, new_state: dict,
+                          internals: dict | None) -> Tensor:
+        """The network: natural-log gains ``(B, 2, frames, bins)`` at the filterbank hop from the
+        scaled mixture ``x (B, 2, T)`` (T a multiple of ``block``) and its log power spectrum
+        ``power (B, 2 bins, frames)``; reads its stream state from ``state``, writes it to
+        ``new_state``."""
+        cfg = self.config
         skips = []
         mask_level = cfg.mask_level
         for i, layer in enumerate(self.encoder):
             x, new_state[f"enc{i}"] = layer(x, cond, state.get(f"enc{i}"))
             if i == mask_level:
-                power = torch.log1p(power_spectrum(spectra) * scale**2) / 5.0
-                power = rearrange(power, "b c t f -> b (c f) t")
                 x = x + pointwise(self.spectrum, power)
             skips.append(x)
         x = pointwise(self.to_dim, x)
@@ -580,23 +632,7 @@ class TuttiModel(PreTrainedModel):
                 internals["slot_log_weights"] = log_weights
         if cfg.gain_smooth_ms > 0:
             log_gain, new_state["smooth"] = self._smooth_gains(log_gain, state.get("smooth"))
-        if cfg.gain_lag:  # each frame takes the gain of the frame gain_lag earlier (0 at first)
-            before = state.get("lag")
-            if before is None:
-                before = log_gain.new_zeros(*log_gain.shape[:2], cfg.gain_lag,
-                                            log_gain.shape[3])
-            lagged = torch.cat([before, log_gain], dim=2)
-            n = log_gain.shape[2]
-            log_gain, new_state["lag"] = lagged[:, :, :n], lagged[:, :, n:]
-        if internals is not None:
-            internals["log_gain"] = log_gain
-        if cfg.min_phase:
-            masked = apply_complex_gain(
-                spectra, minimum_phase(self.log_gain_limit(log_gain), cfg.fb_window))
-        else:
-            masked = apply_gain(spectra, self.gain(log_gain))
-        out, new_state["fb_out"] = self.filterbank.synthesise(masked, state.get("fb_out"))
-        return out * level[:, None, None], new_state  # synthesis is linear: level last
+        return log_gain
 
     def slot_request(self, gains_db: Tensor, presence: Tensor, min_slots: int = 1,
                      ) -> tuple[Tensor, Tensor, Tensor]:
