@@ -43,18 +43,26 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec
 from model.apply import Request
 from model.tutti import Listener, TuttiModel
 
-STEP_BLOCKS = (1, 2)
-"""Block counts compiled: a 5 ms hop (220 samples) completes one or two 128-sample blocks;
+STEP_UNITS = (1, 2)
+"""Lengths compiled, in the model's steps (``config.step``: a block, or a hop for a model that
+streams frame by frame): a 5 ms hop (220 samples) completes one or two 128-sample blocks;
 longer input runs as several calls."""
 
-_FORMAT = "tutti-stream-step-5"
+_FORMAT = "tutti-stream-step-6"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 
-def settled_state(model: TuttiModel, request: Request) -> dict:
+def phases(model: TuttiModel) -> int:
+    """Steps per block: a stream's phase (its steps since the last whole block, which the
+    network still waits for) selects a compiled step's layout of state; 1 for a block-wise
+    model."""
+    return model.config.block // model.config.step
+
+
+def settled_state(model: TuttiModel, request: Request, phase: int = 0) -> dict:
     """The state of a stream of ``model`` once its shapes stop changing (its ``window`` blocks
-    of silence in), slot request padded to every slot, without the ``skip`` count (0 by then):
-    what a :class:`CompiledStep` takes and returns."""
+    of silence in, then ``phase`` steps), slot request padded to every slot, without the
+    ``skip`` count (0 by then): what a :class:`CompiledStep` takes and returns."""
     gains, presence, listener = request.tensors()
     listener = Listener(listener.audiogram, listener.ratio, listener.makeup_db)
     state = model.stream_state(gains, presence, len(model.config.slots))
@@ -62,6 +70,9 @@ def settled_state(model: TuttiModel, request: Request) -> dict:
     with torch.no_grad():
         for _ in range(model.config.window + 1):
             _, state = model.remix_aligned(block, gains, presence, listener, state)
+        for _ in range(phase):
+            _, state = model.remix_aligned(block[..., : model.config.step], gains, presence,
+                                           listener, state)
     if state.pop("skip") != 0:
         raise RuntimeError("the stream's output delay did not drain")
     return _contiguous(state)
@@ -155,20 +166,22 @@ class StepLibrary:
 
 
 class CompiledStep:
-    """The causal network's step ``(mixture (1, 2, n * block), gains (1, S), presence (1, S),
-    state) -> (remix (1, 2, n * block), state)`` for a settled stream (:func:`settled_state`),
-    compiled ahead of time for each ``n`` in :data:`STEP_BLOCKS` (a :class:`StepLibrary`
-    each). Weights and config are baked in: build it again after changing either (the cache key
-    covers both)."""
+    """The causal network's step ``(mixture (1, 2, n * step), gains (1, S), presence (1, S),
+    state) -> (remix (1, 2, n * step), state)`` for a settled stream (:func:`settled_state`),
+    compiled ahead of time for each ``n`` in :data:`STEP_UNITS` and each phase of the stream
+    (:func:`phases`; the state's layout differs by phase) (a :class:`StepLibrary` each).
+    Weights and config are baked in: build it again after changing either (the cache key covers
+    both)."""
 
-    def __init__(self, runners: dict[int, StepLibrary], block: int) -> None:
-        for n, runner in runners.items():  # what lets a stream keep its state flat
-            if runner.in_spec.child(0).child(3) != runner.out_spec.child(1):
-                raise RuntimeError(f"the compiled {n}-block step returns its state in another "
-                                   "layout than it takes it")
+    def __init__(self, runners: dict[tuple[int, int], StepLibrary], step: int) -> None:
+        layout = next(iter(runners.values())).in_spec.child(0).child(3)
+        for (n, phase), runner in runners.items():  # what lets a stream keep its state flat
+            if layout != runner.in_spec.child(0).child(3) or layout != runner.out_spec.child(1):
+                raise RuntimeError(f"the compiled {n}-step step (phase {phase}) takes or "
+                                   "returns its state in another layout than the others")
         self.runners = runners
-        self.block = block
-        self.max_blocks = max(runners)
+        self.block = step  # the samples a step counts in: config.step
+        self.max_blocks = max(n for n, _ in runners)
 
     @classmethod
     def build(cls, model: TuttiModel, cache_dir: str | Path | None = None,
@@ -182,9 +195,6 @@ class CompiledStep:
         against 30 s); False: ATen's products, which repack the weights at every call."""
         if not model.config.causal:
             raise ValueError("a compiled stream step needs a causal model")
-        if model.config.step != model.config.block:
-            raise ValueError("no compiled stream step yet for a model whose filterbank steps "
-                             "frame by frame (gain_lag): it streams eagerly")
         device = next(model.parameters()).device
         if device.type != "cpu":
             raise ValueError(f"compiled stream steps are built for the CPU, not {device}")
@@ -194,44 +204,54 @@ class CompiledStep:
         request = Request.from_gains({}, np.zeros((2, 8)), np.ones((2, 6)), np.zeros((2, 6)),
                                      present=[model.config.slots[0]])
         gains, presence, _ = request.tensors()
-        state = settled_state(model, request)
         folder = Path(cache_dir) if cache_dir is not None else Path(
             tempfile.mkdtemp(prefix="tutti-step-"))
         key = _cache_key(model, tuned)
         runners = {}
-        for blocks in STEP_BLOCKS:
-            path = folder / f"{key}-{blocks}.so"
-            if not path.exists():
-                mixture = torch.zeros(1, 2, blocks * model.config.block)
-                with torch.no_grad():
-                    # One eager step of this size first: the model's memos of constant
-                    # matrices then hold this size's, and the graph reads them as constants.
-                    _BlockStep(model)(mixture, gains, presence, tree_map(
-                        lambda t: t.clone() if isinstance(t, Tensor) else t, state))
-                    program = torch.export.export(_BlockStep(model).eval(),
-                                                  (mixture, gains, presence, state), strict=False)
-                _compile(program, path, TUNED if tuned else {})
-            runners[blocks] = StepLibrary(path, concurrency)
-        return cls(runners, model.config.block)
+        for phase in range(phases(model)):
+            state = settled_state(model, request, phase)
+            for units in STEP_UNITS:
+                path = folder / f"{key}-{units}-{phase}.so"
+                if not path.exists():
+                    _build_step(model, units, gains, presence, state, path, tuned)
+                runners[units, phase] = StepLibrary(path, concurrency)
+        return cls(runners, model.config.step)
 
     def __call__(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
-                 state: dict) -> tuple[Tensor, dict]:
-        return self._runner(mixture)(mixture, gains_db, presence, state)  # type: ignore
+                 state: dict, phase: int = 0) -> tuple[Tensor, dict]:
+        return self._runner(mixture, phase)(mixture, gains_db, presence, state)  # type: ignore
 
     def flat(self, mixture: Tensor, gains_db: Tensor, presence: Tensor,
-             state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+             state: list[Tensor], phase: int = 0) -> tuple[Tensor, list[Tensor]]:
         """:meth:`__call__` with the state as its tensors in flattening order (:func:`flat_state`),
         the new state likewise: a stream keeps it so, skipping the nested structure's
         flattening and rebuilding at every call."""
-        out = self._runner(mixture).run([mixture, gains_db, presence, *state])
+        out = self._runner(mixture, phase).run([mixture, gains_db, presence, *state])
         return out[0], out[1:]
 
-    def _runner(self, mixture: Tensor) -> StepLibrary:
-        runner = self.runners.get(mixture.shape[-1] // self.block)
+    def _runner(self, mixture: Tensor, phase: int) -> StepLibrary:
+        runner = self.runners.get((mixture.shape[-1] // self.block, phase))
         if runner is None or mixture.shape[-1] % self.block:
-            raise ValueError(f"a compiled step takes {sorted(self.runners)} blocks of "
-                             f"{self.block} samples, got {mixture.shape[-1]} samples")
+            raise ValueError(f"a compiled step takes {sorted({n for n, _ in self.runners})} "
+                             f"steps of {self.block} samples at phases "
+                             f"{sorted({p for _, p in self.runners})}, got "
+                             f"{mixture.shape[-1]} samples at phase {phase}")
         return runner
+
+
+def _build_step(model: TuttiModel, units: int, gains: Tensor, presence: Tensor, state: dict,
+                path: Path, tuned: bool) -> None:
+    """Export ``units`` steps of ``model``'s stream from ``state`` and compile them to
+    ``path``."""
+    mixture = torch.zeros(1, 2, units * model.config.step)
+    with torch.no_grad():
+        # One eager step of this size first: the model's memos of constant matrices then hold
+        # this size's, and the graph reads them as constants.
+        _BlockStep(model)(mixture, gains, presence, tree_map(
+            lambda t: t.clone() if isinstance(t, Tensor) else t, state))
+        program = torch.export.export(_BlockStep(model).eval(), (mixture, gains, presence, state),
+                                      strict=False)
+    _compile(program, path, TUNED if tuned else {})
 
 
 TUNED = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
@@ -326,6 +346,9 @@ class Streamer:
         self.step = step
         self.compiled_blocks = 0
         self._settled = False
+        self._phases = phases(model)
+        self._steps = 0  # steps run so far: the stream's phase is this modulo _phases
+        self._phase_shapes: dict[int, object] = {}  # each phase's last state shapes
         self._pending = np.zeros((2, 0), dtype=np.float32)
         self._state: dict | None = None
         self._flat: list[Tensor] | None = None  # the state, once compiled calls carry it
@@ -386,9 +409,13 @@ class Streamer:
                 torch.from_numpy(x)[None].to(self.device), self.gains, self.presence,
                 self.listener,
                 self._with_slots(0))
-            # Settled: the state's shapes no longer change and the output delay has drained.
+            # Settled: the state's shapes no longer change (at its phase) and the output delay
+            # has drained.
+            self._steps += x.shape[1] // self.block
+            phase, shapes = self._steps % self._phases, _shapes(state)
             self._settled = (self.step is not None and state["skip"] == 0
-                             and _shapes(state) == _shapes(self._state))
+                             and self._phase_shapes.get(phase) == shapes)
+            self._phase_shapes[phase] = shapes
             if self._settled:  # from here on the state is the compiled step's (contiguous)
                 del state["skip"]
                 state = _contiguous(state)
@@ -406,8 +433,8 @@ class Streamer:
         return {**self._state, "slot_request": self._slot_requests[padded]}
 
     def _run_compiled(self, x: np.ndarray) -> Tensor:
-        """``x (2, n blocks)`` through the compiled step, up to ``step.max_blocks`` blocks per
-        call; its remix ``(1, 2, n blocks)``."""
+        """``x (2, n steps)`` through the compiled step, up to ``step.max_blocks`` steps per
+        call; its remix ``(1, 2, n steps)``."""
         assert self.step is not None
         if self._flat is None:  # the first compiled call: from here on the state stays flat
             self._flat = flat_state(self._with_slots(1))  # type: ignore[arg-type]
@@ -416,7 +443,9 @@ class Streamer:
         size = self.block * self.step.max_blocks
         for start in range(0, x.shape[1], size):
             piece = torch.from_numpy(np.ascontiguousarray(x[:, start : start + size]))[None]
-            out, self._flat = self.step.flat(piece, self.gains, self.presence, self._flat)
+            out, self._flat = self.step.flat(piece, self.gains, self.presence, self._flat,
+                                             self._steps % self._phases)
+            self._steps += piece.shape[-1] // self.block
             self.compiled_blocks += piece.shape[-1] // self.block
             parts.append(out)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

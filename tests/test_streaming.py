@@ -162,6 +162,17 @@ def _assert_compiled_stream_matches_eager(model: TuttiModel, cache: Path, seed: 
     return x, before, hops
 
 
+def test_compiled_lagged_stream_matches_eager(tmp_path: Path) -> None:
+    """A model whose gains lag a frame streams hop by hop through its compiled steps (one per
+    length and phase of the stream: the network's pending half block is in the state or not)
+    as the eager model does, within its 219-sample look-ahead."""
+    model = _slotted_model(fb_reach=92, gain_lag=1)
+    x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=8)
+    assert sorted(CompiledStep.build(model, str(tmp_path), tuned=False).runners) == [
+        (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert Streamer(model, _request()).latency == model.config.lookahead == 219
+
+
 def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None:
     """With ``slot_long_ms`` the compiled step carries the exponential means' sums and weights
     and streams as the eager model does."""
@@ -213,7 +224,8 @@ def test_compiled_step_cache(compiled: tuple[TuttiModel, CompiledStep, str]) -> 
     flat_out, flat_new = step.flat(block, gains, presence, flat_state(state))
     assert torch.equal(flat_out, out)
     assert all(torch.equal(a, b) for a, b in zip(flat_new, leaves, strict=True))
-    with pytest.raises(ValueError, match=r"takes \[1, 2\] blocks of 128 samples, got 384"):
+    with pytest.raises(ValueError, match=r"takes \[1, 2\] steps of 128 samples at phases \[0\], "
+                       r"got 384 samples at phase 0"):
         step(torch.zeros(1, 2, 384), gains, presence, state)
 
 
