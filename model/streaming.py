@@ -251,7 +251,15 @@ def _build_step(model: TuttiModel, units: int, gains: Tensor, presence: Tensor, 
             lambda t: t.clone() if isinstance(t, Tensor) else t, state))
         program = torch.export.export(_BlockStep(model).eval(), (mixture, gains, presence, state),
                                       strict=False)
-    _compile(program, path, TUNED if tuned else {})
+    if not tuned:
+        _compile(program, path, {})
+        return
+    try:
+        _compile(program, path, TUNED)
+    except torch._inductor.exc.InductorError:
+        # Inductor's C++ GEMM template fails to fuse some products' pointwise epilogues (torch
+        # 2.13: a lagged model's 2-step, phase-1 step); those build with the epilogues apart.
+        _compile(program, path, {**TUNED, "epilogue_fusion": False})
 
 
 TUNED = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
