@@ -43,10 +43,16 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten, treespec
 from model.apply import Request
 from model.tutti import Listener, TuttiModel
 
-STEP_UNITS = (1, 2)
-"""Lengths compiled, in the model's steps (``config.step``: a block, or a hop for a model that
-streams frame by frame): a 5 ms hop (220 samples) completes one or two 128-sample blocks;
-longer input runs as several calls."""
+LIVE_HOP = 220
+"""The live hop compiled steps are sized for: 5 ms at 44.1 kHz."""
+
+
+def step_units(model: TuttiModel) -> range:
+    """Lengths compiled, in the model's steps (``config.step``: a block, or a hop for a model
+    that streams frame by frame): every count a :data:`LIVE_HOP` completes, so each hop is one
+    call (1-2 blocks of 128 samples; 1-4 frames of 64); longer input runs as several calls."""
+    step = model.config.step
+    return range(1, (LIVE_HOP + step - 1) // step + 1)
 
 _FORMAT = "tutti-stream-step-6"
 """Changes when what a compiled step computes changes (part of its cache key)."""
@@ -168,7 +174,7 @@ class StepLibrary:
 class CompiledStep:
     """The causal network's step ``(mixture (1, 2, n * step), gains (1, S), presence (1, S),
     state) -> (remix (1, 2, n * step), state)`` for a settled stream (:func:`settled_state`),
-    compiled ahead of time for each ``n`` in :data:`STEP_UNITS` and each phase of the stream
+    compiled ahead of time for each ``n`` in :func:`step_units` and each phase of the stream
     (:func:`phases`; the state's layout differs by phase) (a :class:`StepLibrary` each).
     Weights and config are baked in: build it again after changing either (the cache key covers
     both)."""
@@ -210,7 +216,7 @@ class CompiledStep:
         runners = {}
         for phase in range(phases(model)):
             state = settled_state(model, request, phase)
-            for units in STEP_UNITS:
+            for units in step_units(model):
                 path = folder / f"{key}-{units}-{phase}.so"
                 if not path.exists():
                     _build_step(model, units, gains, presence, state, path, tuned)

@@ -163,13 +163,13 @@ def _assert_compiled_stream_matches_eager(model: TuttiModel, cache: Path, seed: 
 
 
 def test_compiled_lagged_stream_matches_eager(tmp_path: Path) -> None:
-    """A model whose gains lag a frame streams hop by hop through its compiled steps (one per
-    length and phase of the stream: the network's pending half block is in the state or not)
-    as the eager model does, within its 219-sample look-ahead."""
+    """A model whose gains lag a frame streams frame by frame through its compiled steps (one
+    per length, 1 to 4 frames, and phase of the stream: the network's pending half block is in
+    the state or not) as the eager model does, within its 219-sample look-ahead."""
     model = _slotted_model(fb_reach=92, gain_lag=1)
     x, before, hops = _assert_compiled_stream_matches_eager(model, tmp_path, seed=8)
     assert sorted(CompiledStep.build(model, str(tmp_path), tuned=False).runners) == [
-        (1, 0), (1, 1), (2, 0), (2, 1)]
+        (n, phase) for n in (1, 2, 3, 4) for phase in (0, 1)]
     assert Streamer(model, _request()).latency == model.config.lookahead == 219
 
 
