@@ -10,10 +10,10 @@ filterbank hop) while its network waits for whole blocks, so its latency is its 
 the caller's hop adds its own wait.
 
 With a :class:`CompiledStep` the network's settled blocks run through code compiled ahead of
-time (``torch.export`` + AOTInductor, one shared library per block count): about 3x faster
-than eager per hop when tuned (its matrix products on weights packed once), whose time is
-mostly the launch cost of a few hundred small operations and the repacking of weights for
-products of one or two frames. Compiling takes 30 s to 2 min per block count and needs a C++
+time (``torch.export`` + AOTInductor, one shared library per step count and phase): about 3x
+faster than eager per hop when tuned (its matrix products on weights packed once), whose time
+is mostly the launch cost of a few hundred small operations and the repacking of weights for
+products of one or two frames. Compiling takes 30 s to 2 min per library and needs a C++
 compiler, so a server builds the step once at start (:meth:`CompiledStep.build`, cached on disk
 by model, torch version, CPU and tuning). A
 stream's first blocks run eagerly while its state grows (the attention's key cache fills over
@@ -53,6 +53,7 @@ def step_units(model: TuttiModel) -> range:
     call (1-2 blocks of 128 samples; 1-4 frames of 64); longer input runs as several calls."""
     step = model.config.step
     return range(1, (LIVE_HOP + step - 1) // step + 1)
+
 
 _FORMAT = "tutti-stream-step-6"
 """Changes when what a compiled step computes changes (part of its cache key)."""
