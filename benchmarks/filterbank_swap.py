@@ -83,7 +83,7 @@ class GainsThrough:
         extra = fb.delay + fb.hop  # the output's last sample, and the length a multiple of hops
         padded = F.pad(mixture, (0, extra + (-(length + extra)) % fb.hop))
         spectra, _ = fb.analyse(padded)
-        log_gain = map_frames(internals["log_gain"], cfg.fb_synthesis // 2, cfg.fb_synthesis,
+        log_gain = map_frames(internals["log_gain"], cfg.hop, cfg.fb_synthesis,
                               fb.hop, self.synthesis, spectra.shape[-2], self.reach)
         log_gain = F.interpolate(log_gain[0], size=fb.bins, mode="linear",
                                  align_corners=True)[None]

@@ -131,15 +131,20 @@ class TuttiConfig(PretrainedConfig):
         return out
 
     @property
+    def hop(self) -> int:
+        """Samples per gain frame: the filterbank hop, ``fb_synthesis / 2``."""
+        return self.fb_synthesis // 2
+
+    @property
     def delay(self) -> int:
         """Samples by which :meth:`TuttiModel.remix` output lags its input (the filterbank's
         :attr:`~model.filterbank.LowDelaySTFT.delay`: half its synthesis plus ``fb_reach``)."""
-        return self.fb_synthesis // 2 + self.fb_reach
+        return self.hop + self.fb_reach
 
     @property
     def frame_ms(self) -> float:
         """Milliseconds per gain frame (the filterbank hop, ``fb_synthesis / 2`` samples)."""
-        return 1e3 * (self.fb_synthesis // 2) / self.sample_rate
+        return 1e3 * self.hop / self.sample_rate
 
     @property
     def drain(self) -> int:
@@ -151,7 +156,7 @@ class TuttiConfig(PretrainedConfig):
     def lookahead(self) -> int:
         """Causal: the furthest input sample ahead of an output sample that it depends on (a
         frame's gain sees to the end of its block; ``gain_lag`` frames late, that much less)."""
-        return self.block - 1 + self.delay - self.gain_lag * (self.fb_synthesis // 2)
+        return self.block - 1 + self.delay - self.gain_lag * self.hop
 
     @property
     def step(self) -> int:
@@ -159,13 +164,13 @@ class TuttiConfig(PretrainedConfig):
         hop when the gains lag all but one frame of a block (``gain_lag``): the filterbank then
         runs frame by frame while the network waits for whole blocks, and a stream's latency
         is its look-ahead."""
-        hop = self.fb_synthesis // 2
+        hop = self.hop
         return hop if self.gain_lag and self.gain_lag == self.block // hop - 1 else self.block
 
     @property
     def mask_level(self) -> int:
         """Index of the encoder level whose frame rate is the filterbank hop."""
-        hop, out = self.fb_synthesis // 2, 1
+        hop, out = self.hop, 1
         for i, s in enumerate(self.strides):
             out *= s
             if out == hop:
@@ -322,7 +327,7 @@ class TuttiModel(PreTrainedModel):
             raise ValueError(f"slot_long_ms must be > 0 ms, got {config.slot_long_ms}")
         if config.slot_context < 1:
             raise ValueError(f"slot_context must be >= 1 frame, got {config.slot_context}")
-        frames_per_block = config.block // (config.fb_synthesis // 2)
+        frames_per_block = config.block // config.hop
         if not 0 <= config.gain_lag < frames_per_block:
             raise ValueError(f"gain_lag must be 0 to {frames_per_block - 1} frames (a block "
                              f"holds {frames_per_block}), got {config.gain_lag}")
@@ -531,7 +536,7 @@ class TuttiModel(PreTrainedModel):
                 x = torch.cat([state["net_x"], x], dim=-1)
                 power = torch.cat([state["net_power"], power], dim=-1)
             whole = x.shape[-1] // cfg.block * cfg.block
-            frames = whole // (cfg.fb_synthesis // 2)
+            frames = whole // cfg.hop
             new_state["net_x"], new_state["net_power"] = x[..., whole:], power[..., frames:]
             x, power = x[..., :whole], power[..., :frames]
         if x.shape[-1]:
