@@ -59,6 +59,19 @@ class Engine:
         self.bucket = max(block, int(bucket_seconds * SAMPLE_RATE) // block * block)
         self.chunk = int(chunk_seconds * SAMPLE_RATE) // block * block
 
+    def warm_up(self, seconds: float = 0.25) -> None:
+        """Run each path once on ``seconds`` of quiet noise, so that the first request does
+        not pay the one-off costs (loading the hearing aid's numba kernels: ~0.5 s here; the
+        first pass of each model)."""
+        n = int(seconds * SAMPLE_RATE)
+        x = (1e-3 * np.random.default_rng(0).standard_normal((2, n))).astype(np.float32)
+        request = Request.from_gains({"Violin_1": 0.0, "Cello": 0.0}, np.zeros((2, 8)),
+                                     np.ones((2, 6)), np.zeros((2, 6)))  # normal hearing
+        self.run([Job(x, request, causal) for causal in (False, True)])
+        for causal in (False, True):
+            for _ in self.stream(x, request, causal, seconds):
+                pass
+
     def padded_length(self, job: Job) -> int | None:
         """Length (samples) the job is padded to for batching; None: it runs alone."""
         n = job.mixture.shape[1]

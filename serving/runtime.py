@@ -20,16 +20,19 @@ from serving.params import Preset, load_presets
 
 
 def load_engine(cfg: DictConfig, threads: int = 0) -> Engine:
-    """Both shipped models on the configured device, wrapped in the batching rules;
-    ``threads``: torch intra-op threads of this process (0: torch's default)."""
+    """Both shipped models on the configured device, wrapped in the batching rules and warmed
+    up (:meth:`Engine.warm_up`); ``threads``: torch intra-op threads of this process (0: torch's
+    default)."""
     if threads:
         torch.set_num_threads(int(threads))
     device = pick_device(str(cfg.models.device))
     models: dict[bool, TuttiModel] = {
         causal: load_model(model_path(cfg, causal), device=device) for causal in (False, True)
     }
-    return Engine(models, cfg.batching.bucket_seconds, cfg.batching.chunk_seconds,
-                  cfg.batching.overlap_seconds)
+    engine = Engine(models, cfg.batching.bucket_seconds, cfg.batching.chunk_seconds,
+                    cfg.batching.overlap_seconds)
+    engine.warm_up()
+    return engine
 
 
 def load_live_model(cfg: DictConfig, engine: Engine) -> TuttiModel:
