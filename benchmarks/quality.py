@@ -74,8 +74,7 @@ def main() -> None:
         gains = split.scene_gains(scene_id)
         ref = torch.from_numpy(reference_mixture(split, scene_id).T.astype(np.float32))[None]
         mixture = split.mixture(scene.music_id)
-        request = Request.from_gains({slots[k]: g for k, g in gains.items()}, np.zeros((2, 8)),
-                                     np.ones((2, 6)), np.zeros((2, 6)))
+        request = Request.normal_hearing({slots[k]: g for k, g in gains.items()})
         est = torch.from_numpy(remix(model, mixture, request))[None]
         g = torch.tensor(list(gains.values()), dtype=torch.float64)
         noop = adjust_level(torch.from_numpy(mixture.astype(np.float64)), g).float()[None]

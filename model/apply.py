@@ -51,6 +51,14 @@ class Request:
         return cls(gains_db, presence, np.asarray(audiogram, float), np.asarray(ratio, float),
                    np.asarray(makeup_db, float))
 
+    @classmethod
+    def normal_hearing(cls, gains: dict[str, float], present: list[str] | None = None
+                       ) -> Request:
+        """:meth:`from_gains` for a listener with normal hearing: audiogram 0 dB HL, hearing
+        aid flat (compression ratio 1, make-up 0 dB)."""
+        return cls.from_gains(gains, np.zeros((2, 8)), np.ones((2, 6)), np.zeros((2, 6)),
+                              present=present)
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, Listener]:
         """Batched (B=1) tensors for the model."""
         def t(a):

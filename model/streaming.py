@@ -208,8 +208,7 @@ class CompiledStep:
         # Tracing swaps a module's weights for placeholders: trace a copy, so that streams
         # may run on ``model`` meanwhile (a server builds the step in the background).
         model = copy.deepcopy(model)
-        request = Request.from_gains({}, np.zeros((2, 8)), np.ones((2, 6)), np.zeros((2, 6)),
-                                     present=[model.config.slots[0]])
+        request = Request.normal_hearing({}, present=[model.config.slots[0]])
         gains, presence, _ = request.tensors()
         folder = Path(cache_dir) if cache_dir is not None else Path(
             tempfile.mkdtemp(prefix="tutti-step-"))

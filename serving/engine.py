@@ -65,8 +65,7 @@ class Engine:
         first pass of each model)."""
         n = int(seconds * SAMPLE_RATE)
         x = (1e-3 * np.random.default_rng(0).standard_normal((2, n))).astype(np.float32)
-        request = Request.from_gains({"Violin_1": 0.0, "Cello": 0.0}, np.zeros((2, 8)),
-                                     np.ones((2, 6)), np.zeros((2, 6)))  # normal hearing
+        request = Request.normal_hearing({"Violin_1": 0.0, "Cello": 0.0})
         self.run([Job(x, request, causal) for causal in (False, True)])
         for causal in (False, True):
             for _ in self.stream(x, request, causal, seconds):
