@@ -55,7 +55,7 @@ def step_units(model: TuttiModel) -> range:
     return range(1, (LIVE_HOP + step - 1) // step + 1)
 
 
-_FORMAT = "tutti-stream-step-6"
+_FORMAT = "tutti-stream-step-7"
 """Changes when what a compiled step computes changes (part of its cache key)."""
 
 

@@ -232,16 +232,20 @@ def exponential_mean(x: Tensor, decay: float, state: Tensor | None = None,
     b, c, n = x.shape
     if state is None:
         state = x.new_zeros(b, c + 1)
+    if n == 0:
+        return x, state
     total, weight = state[:, :c, None], state[:, c:, None]
+    size = max(1, min(block, n))
+    steps = torch.arange(size, dtype=x.dtype, device=x.device)
+    powers = decay ** (steps[:, None] - steps[None, :]).clamp(min=0)  # decay^(i-j)
+    tri_t = torch.tril(powers).T  # (size, size); a shorter block takes its top-left corner
+    carries = decay ** (steps + 1)  # what the previous sum weighs at each frame
     out = []
     for start in range(0, n, block):
         m = min(block, n - start)
-        steps = torch.arange(m, dtype=x.dtype, device=x.device)
-        powers = decay ** (steps[:, None] - steps[None, :]).clamp(min=0)  # (m, m): decay^(i-j)
-        tri = torch.tril(powers)
-        carry = decay ** (steps + 1)  # (m,): what the previous sum weighs at each frame
-        sums = x[:, :, start:start + m] @ tri.T + total * carry
-        weights = tri.sum(1) + weight * carry
+        tri, carry = tri_t[:m, :m], carries[:m]
+        sums = x[:, :, start:start + m] @ tri + total * carry
+        weights = tri.sum(0) + weight * carry
         out.append(sums / weights)
         total, weight = sums[:, :, -1:], weights[:, :, -1:]
     mean = out[0] if len(out) == 1 else torch.cat(out, dim=2)
@@ -298,7 +302,6 @@ class TuttiModel(PreTrainedModel):
         self.head_film = FiLM(cd, 2 * c)
         self.head = nn.Conv1d(c, 2 * bins, 1)
         self.hearing_aid = HearingAid(config.sample_rate)
-        self._smooth_bands: dict = {}  # :meth:`_smooth`'s matrices by size and settings
         self.post_init()
         # Start as the identity rebalancer: every log-gain begins at zero.
         nn.init.zeros_(self.head.weight)
@@ -711,57 +714,19 @@ class TuttiModel(PreTrainedModel):
         return log_gain, log_w
 
     def _smooth_gains(self, log_gain: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``log_gain (B, 2, frames, bins)`` smoothed over frames (``gain_smooth_ms``): causal,
-        :meth:`_smooth` (a stream carries its state); non-causal, that window forwards and
-        then backwards over the chunk, so the gains do not lag the music (zero phase)."""
-        out, state = self._smooth(log_gain, state)
-        if not self.config.causal:
-            out = self._smooth(out, None, reverse=True)[0]
-        return out, state
-
-    def _smooth(self, log_gain: Tensor, state: Tensor | None, reverse: bool = False,
-                ) -> tuple[Tensor, Tensor]:
-        """``log_gain (B, 2, frames, bins)`` smoothed over frames by a causal exponential
-        window (time constant ``gain_smooth_ms``, cut at five of them): fewer fast gain
-        fluctuations, the artifacts HAAQI punishes. The state holds the previous frames (the
-        first frame repeated at the start of a stream). ``reverse``: the window runs backwards
-        in time (each frame averages itself and the following ones, the last frame repeated
-        past the end), which equals flipping, smoothing and flipping back, without the
-        copies; no stream (``state`` None)."""
+        """``log_gain (B, 2, frames, bins)`` smoothed over frames by :func:`exponential_mean`
+        with time constant ``gain_smooth_ms``: fewer fast gain fluctuations, the artifacts HAAQI
+        punishes. Causal, ``state (B, 2 bins + 1)`` carries a stream (O(1) per frame);
+        non-causal, the mean runs forwards and then backwards over the chunk, so the gains do
+        not lag the music (zero phase)."""
         cfg = self.config
         decay = math.exp(-cfg.frame_ms / cfg.gain_smooth_ms)
-        taps = max(2, math.ceil(5 * cfg.gain_smooth_ms / cfg.frame_ms))
-        if state is None:
-            edge = log_gain[:, :, -1:] if reverse else log_gain[:, :, :1]
-            state = edge.expand(-1, -1, taps - 1, -1)
-        elif reverse:
-            raise ValueError("a reversed smoothing does not stream")
-        x = torch.cat([log_gain, state] if reverse else [state, log_gain], dim=2)
-        n = log_gain.shape[2]
-        if n == 0:
-            return log_gain, state
-        # Blocks of up to 64 output frames, each a product with a banded matrix: several
-        # times faster than conv1d over frames, and one small product for a streamed block.
-        size = min(n, 64)
-        key = (size, taps, decay, reverse, x.dtype, x.device)
-        # A stream reuses the matrix. Tracing a compiled step (torch.export) reads it (the graph
-        # then holds it as a constant) but never keeps one it made: that would be a traced
-        # placeholder.
-        band = self._smooth_bands.get(key)
-        if band is None:
-            kernel = decay ** torch.arange(taps - 1, -1, -1, dtype=x.dtype,
-                                           device=x.device)  # oldest frame first
-            if reverse:
-                kernel = kernel.flip(0)
-            band = x.new_zeros(size, size + taps - 1)
-            band.as_strided((size, taps), (size + taps, 1)).copy_(kernel / kernel.sum())
-            if not torch.compiler.is_compiling():
-                self._smooth_bands = {**self._smooth_bands, key: band}
-        out = []
-        for start in range(0, n, size):
-            m = min(size, n - start)  # output frames of this block
-            out.append(band[:m, : m + taps - 1] @ x[:, :, start : start + m + taps - 1])
-        return (out[0] if len(out) == 1 else torch.cat(out, dim=2)), x[:, :, n:]
+        channels = log_gain.shape[1]
+        x = rearrange(log_gain, "b c t f -> b (c f) t")
+        out, state = exponential_mean(x, decay, state)
+        if not cfg.causal:
+            out = exponential_mean(out.flip(-1), decay)[0].flip(-1)
+        return rearrange(out, "b (c f) t -> b c t f", c=channels), state
 
     def _slot_long_context(self, x: Tensor, state: list[Tensor] | None
                            ) -> tuple[Tensor, list[Tensor]]:

@@ -221,44 +221,49 @@ def test_new_heads_start_as_the_identity(layout: dict) -> None:
 
 
 def test_gain_smoothing_follows_a_changed_time_constant() -> None:
-    """The smoothing matrix a stream reuses is rebuilt when ``gain_smooth_ms`` changes."""
+    """``set_inference(gain_smooth_ms=...)`` takes effect on a model that has smoothed before."""
     torch.manual_seed(0)
     log_gain = torch.randn(1, 2, 80, 5)
     model = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=10.0)))
-    model._smooth(log_gain, None)
+    before = model._smooth_gains(log_gain, None)[0]
     model.set_inference(gain_smooth_ms=30.0)
     fresh = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=30.0)))
-    assert torch.equal(model._smooth(log_gain, None)[0], fresh._smooth(log_gain, None)[0])
+    after = model._smooth_gains(log_gain, None)[0]
+    assert torch.equal(after, fresh._smooth_gains(log_gain, None)[0])
+    assert not torch.allclose(after, before, atol=1e-3)
 
 
 def test_gain_smoothing_keeps_steady_gains_and_lags_steps() -> None:
     """``gain_smooth_ms``: a constant log-gain passes unchanged (so a 0 dB request stays the
     identity); a step rises monotonically, about 63 % of the way after one time constant and
-    all of it after five; streamed in pieces it equals one pass."""
+    all of it after five; streamed in pieces it equals one pass; each frame is the
+    exponentially weighted mean of the frames up to it."""
     model = TuttiModel(TuttiConfig(causal=True, **dict(SMALL, gain_smooth_ms=10.0)))
     hop_ms = 1e3 * 64 / 44100
     steady = torch.full((1, 2, 50, 5), 0.7)
-    out, _ = model._smooth(steady, None)
+    out, _ = model._smooth_gains(steady, None)
     assert torch.allclose(out, steady, atol=1e-6)
     step = torch.zeros(1, 2, 60, 5)
     step[:, :, 20:] = 1.0
-    out, _ = model._smooth(step, None)
+    out, _ = model._smooth_gains(step, None)
     rise = out[0, 0, 19:, 0]
     assert rise[0] == 0 and torch.all(rise.diff() >= 0)
     tau = round(10.0 / hop_ms)
     assert 0.55 < rise[tau] < 0.72, rise[tau]
     assert rise[-1] > 0.99
-    first, state = model._smooth(step[:, :, :23], None)
-    second, _ = model._smooth(step[:, :, 23:], state)
+    first, state = model._smooth_gains(step[:, :, :23], None)
+    middle, state = model._smooth_gains(step[:, :, 23:23], state)  # an empty piece
+    second, _ = model._smooth_gains(step[:, :, 23:], state)
+    assert middle.shape[2] == 0
     assert torch.allclose(torch.cat([first, second], dim=2), out, atol=1e-6)
-    # Long signals (several blocks): the normalised window of 5 time constants, frame by frame.
-    noise = torch.randn(1, 2, 300, 5)
-    out, _ = model._smooth(noise, None)
-    taps = math.ceil(50.0 / hop_ms)
-    window = torch.exp(-torch.arange(taps - 1, -1, -1) * hop_ms / 10.0)
-    padded = torch.cat([noise[:, :, :1].expand(-1, -1, taps - 1, -1), noise], dim=2)
-    reference = padded.unfold(2, taps, 1) @ (window / window.sum())
-    assert torch.allclose(out, reference, atol=1e-5)
+    # Long signals (several blocks), against the weighted mean written out frame by frame.
+    noise = torch.randn(1, 2, 300, 5, dtype=torch.float64)
+    out, _ = model._smooth_gains(noise, None)
+    decay = math.exp(-hop_ms / 10.0)
+    for t in (0, 1, 63, 64, 65, 200, 299):
+        weights = decay ** torch.arange(t, -1, -1, dtype=torch.float64)
+        reference = (noise[:, :, : t + 1] * weights[:, None]).sum(2) / weights.sum()
+        assert torch.allclose(out[:, :, t], reference, atol=1e-9), t
 
 
 def test_non_causal_gain_smoothing_has_zero_phase() -> None:
@@ -269,31 +274,20 @@ def test_non_causal_gain_smoothing_has_zero_phase() -> None:
     model = TuttiModel(TuttiConfig(causal=False, **config))
     steady = torch.full((1, 2, 50, 5), -0.3)
     assert torch.allclose(model._smooth_gains(steady, None)[0], steady, atol=1e-6)
-    impulse = torch.zeros(1, 2, 81, 5)
-    impulse[:, :, 40] = 1.0
+    impulse = torch.zeros(1, 2, 161, 5)  # far from the ends (the mean there has fewer frames)
+    impulse[:, :, 80] = 1.0
     out = model._smooth_gains(impulse, None)[0][0, 0, :, 0]
-    assert torch.allclose(out, out.flip(0), atol=1e-6) and out.argmax() == 40
-    assert 0 < out[40] < 0.5 and out[30] > 0  # spread over the frames on both sides
-    step = torch.zeros(1, 2, 80, 5)
-    step[:, :, 40:] = 1.0
+    assert torch.allclose(out, out.flip(0), atol=1e-6) and out.argmax() == 80
+    assert 0 < out[80] < 0.5 and out[70] > 0  # spread over the frames on both sides
+    step = torch.zeros(1, 2, 200, 5)
+    step[:, :, 100:] = 1.0
     out = model._smooth_gains(step, None)[0][0, 0, :, 0]
-    assert torch.allclose(out[40:50] + out[30:40].flip(0), torch.ones(10), atol=1e-5)
-    assert torch.all(out.diff() >= -1e-6) and 0.3 < out[39] < 0.5 < out[40] < 0.7
+    assert torch.allclose(out[100:110] + out[90:100].flip(0), torch.ones(10), atol=1e-5)
+    assert torch.all(out.diff() >= -1e-6) and 0.3 < out[99] < 0.5 < out[100] < 0.7
     causal = TuttiModel(TuttiConfig(causal=True, **config))
-    assert torch.equal(causal._smooth_gains(step, None)[0], causal._smooth(step, None)[0])
-
-
-def test_reversed_gain_smoothing_is_the_flipped_one() -> None:
-    """``reverse=True`` equals flipping the frames, smoothing and flipping back (one block and
-    several), and refuses to stream."""
-    torch.manual_seed(0)
-    model = TuttiModel(TuttiConfig(causal=False, **dict(SMALL, gain_smooth_ms=10.0)))
-    for frames in (30, 200):
-        noise = torch.randn(1, 2, frames, 5)
-        flipped = model._smooth(noise.flip(2), None)[0].flip(2)
-        assert torch.allclose(model._smooth(noise, None, reverse=True)[0], flipped, atol=1e-6)
-    with pytest.raises(ValueError, match="does not stream"):
-        model._smooth(noise, noise[:, :, :3], reverse=True)
+    one_sided = causal._smooth_gains(step, None)[0][0, 0, :, 0]
+    assert torch.all(one_sided[:100] == 0) and torch.all(one_sided[100:].diff() >= 0)
+    assert 0.1 < one_sided[100] < 0.2 and one_sided[120] > 0.9  # lags the step
 
 
 def test_present_slots_pads_with_absent_ones() -> None:
