@@ -183,6 +183,77 @@ def test_deterministic_and_resumable(root: Path, cache: Path, tmp_path: Path) ->
         R.render_dataset(again, HOURS, seed=8, overrides=_overrides(cache), progress=False)
 
 
+def test_doubled_voices_are_numbered_by_register(root: Path) -> None:
+    """Voice 1 of a doubled instrument is the higher part; equal registers keep score order."""
+    assert C.name_voices(["Violin", "Violin", "Cello"], [60, 70.5, 48]) == [
+        "Violin_2", "Violin_1", "Cello"]
+    assert C.name_voices(["Flute", "Oboe", "Flute"], [72, 70, 72]) == [
+        "Flute_1", "Oboe", "Flute_2"]
+    with pytest.raises(ValueError, match="3 instruments but 2 registers"):
+        C.name_voices(["Viola", "Viola", "Cello"], [60, 55])
+    for split in SPLITS:
+        for entry in _load(root, f"music.{split}.json").values():
+            sources = {v["instrument"]: v["tutti"]["pitch_range"] for k, v in entry.items()
+                       if k != "mixture"}
+            for name, pitch in sources.items():
+                if name.endswith("_2"):
+                    assert sum(sources[name[:-1] + "1"]) >= sum(pitch), sources
+
+
+def test_renumber_voices_of_an_older_render(root: Path, tmp_path: Path) -> None:
+    """``renumber_voices`` gives an older render's doubled voices the register numbering: the
+    higher stem's files, sidecar and metadata become voice 1, gains stay with the stems (the
+    references do not change), interrupted runs finish, and a second run changes nothing."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    music = _load(old, "music.train.json")
+    music_id, entry = next((m, e) for m, e in music.items() if len(e) >= 3)
+    folder = old / "audio" / music_id
+    info = json.loads((folder / "tutti.json").read_text())
+    centres = [sum(stem["pitch_range"]) / 2 for stem in info["stems"]]
+    low, high = sorted(range(2), key=lambda k: (centres[k], -k))  # voice 1 by register: high
+    if centres[0] == centres[1]:
+        pytest.skip("the first two stems share a register")
+    # Make it look like a render numbered by score order: the lower stem named voice 1.
+    names = list(info["instruments"])
+    wrong = {low: "Viola_1", high: "Viola_2"}
+    for k in (low, high):
+        for ext in (".flac", ".txt"):
+            if (folder / f"{names[k]}{ext}").exists():
+                (folder / f"{names[k]}{ext}").rename(folder / f".{wrong[k]}{ext}")
+        for ext in (".flac", ".txt"):
+            if (folder / f".{wrong[k]}{ext}").exists():
+                (folder / f".{wrong[k]}{ext}").rename(folder / f"{wrong[k]}{ext}")
+        names[k] = wrong[k]
+        entry[f"source_{k + 1}"].update(instrument=wrong[k], track=f"{music_id}/{wrong[k]}.flac")
+    info["instruments"] = names
+    (folder / "tutti.json").write_text(json.dumps(info))
+    (old / "metadata" / "music.train.json").write_text(json.dumps(music))
+    high_audio = (folder / f"{wrong[high]}.flac").read_bytes()
+    before = _digest(old)
+    # An interrupted earlier run left a half-built folder: it is discarded and rebuilt.
+    (old / "audio" / f".{music_id}.renumber").mkdir()
+    assert R.renumber_voices(old) == 1
+    assert (folder / "Viola_1.flac").read_bytes() == high_audio
+    fixed = _load(old, "music.train.json")[music_id]
+    assert fixed[f"source_{high + 1}"]["instrument"] == "Viola_1"
+    assert fixed[f"source_{high + 1}"]["track"] == f"{music_id}/Viola_1.flac"
+    assert fixed[f"source_{low + 1}"]["track"] == f"{music_id}/Viola_2.flac"
+    assert json.loads((folder / "tutti.json").read_text())["instruments"][high] == "Viola_1"
+    assert not [p for p in (old / "audio").iterdir() if p.name.startswith(".")]
+    after = _digest(old)
+    assert {k for k in before if before[k] != after.get(k)} == {
+        f"audio/{music_id}/Viola_1.flac", f"audio/{music_id}/Viola_2.flac",
+        "metadata/music.train.json"} | ({f"audio/{music_id}/Viola_1.txt",
+                                        f"audio/{music_id}/Viola_2.txt"} & set(before))
+    assert CAD2Split(old, "train").pairs() == CAD2Split(root, "train").pairs()  # reads it
+    assert R.renumber_voices(old) == 0 and _digest(old) == after
+    with pytest.raises(FileNotFoundError, match="not a render"):
+        R.renumber_voices(tmp_path / "nowhere")
+
+
 # --------------------------------------------------------------------------------- reservations
 
 

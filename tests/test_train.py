@@ -96,6 +96,29 @@ def test_dataset_examples(cad2_root: Path) -> None:
         assert torch.allclose(ex["stems"].sum(0), ex["mixture"], atol=1e-6)
 
 
+def test_pcm_cache_follows_a_replaced_track(cad2_root: Path, tmp_path: Path) -> None:
+    """The decoded-track cache is keyed by the file, not its path alone: a track replaced
+    under the same name (a re-render, renumbered voices) is decoded again."""
+    import shutil
+
+    import numpy as np
+    import soundfile as sf
+
+    from training.dataset import RebalanceDataset
+
+    root = tmp_path / "root"
+    shutil.copytree(cad2_root, root)
+    track = next((root / "audio").rglob("*.flac"))
+    first = RebalanceDataset([root], "valid", pcm_cache=tmp_path / "pcm")._read(track, 0, 4000)
+    data, rate = sf.read(str(track), dtype="int16", always_2d=True)
+    replacement = track.with_name("replacement.flac")
+    sf.write(str(replacement), (data // 2).astype(np.int16), rate, subtype="PCM_16")
+    replacement.replace(track)
+    again = RebalanceDataset([root], "valid", pcm_cache=tmp_path / "pcm")._read(track, 0, 4000)
+    assert np.abs(first).max() > 0
+    np.testing.assert_allclose(again, first / 2, atol=1.5 / 32768 * np.abs(first).max() + 1e-4)
+
+
 def test_init_from_another_layout() -> None:
     """Fine-tuning a new layout keeps the weights it shares with the saved model."""
     source = build_model(load_config(CONF))

@@ -627,17 +627,18 @@ def sample_instruments(
     return sorted((str(p) for p in pick), key=lambda i: -CENTRES[i])
 
 
-def name_voices(instruments: Sequence[str]) -> list[str]:
-    """``[Violin, Violin, Cello]`` -> ``[Violin_1, Violin_2, Cello]`` (second voices numbered)."""
-    counts: dict[str, int] = {}
-    for inst in instruments:
-        counts[inst] = counts.get(inst, 0) + 1
-    seen: dict[str, int] = {}
-    names = []
-    for inst in instruments:
-        if counts[inst] > 1:
-            seen[inst] = seen.get(inst, 0) + 1
-            names.append(f"{inst}_{seen[inst]}")
-        else:
-            names.append(inst)
+def name_voices(instruments: Sequence[str], registers: Sequence[float]) -> list[str]:
+    """``[Violin, Violin, Cello]`` -> ``[Violin_1, Violin_2, Cello]``: a doubled instrument's
+    voices numbered from the highest ``registers`` (e.g. each part's pitch-range centre, MIDI)
+    down, as ensembles number them (the first violin plays above the second); equal registers
+    keep their order."""
+    if len(registers) != len(instruments):
+        raise ValueError(f"{len(instruments)} instruments but {len(registers)} registers")
+    names = list(instruments)
+    for inst in set(instruments):
+        parts = [k for k, name in enumerate(instruments) if name == inst]
+        if len(parts) > 1:
+            ranked = sorted(parts, key=lambda k: (-registers[k], k))
+            for voice, k in enumerate(ranked, 1):
+                names[k] = f"{inst}_{voice}"
     return names

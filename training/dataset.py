@@ -122,7 +122,9 @@ class RebalanceDataset(IterableDataset):
                               always_2d=True)
             return data.T * np.float32(scale)
         if str(path) not in self._pcm:
-            name = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16] + ".npy"
+            stat = path.stat()  # a file replaced or renamed under the same path: a new copy
+            key = f"{path.resolve()} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns}"
+            name = hashlib.sha1(key.encode()).hexdigest()[:16] + ".npy"
             cached = self.pcm_cache / name
             if not cached.is_file():
                 pcm, _ = sf.read(str(path), dtype="int16", always_2d=True)

@@ -719,7 +719,8 @@ def render_from_work(work: C.Work, spec: ExcerptSpec, cfg: DictConfig,
         "work": work.work_id, "piece": work.piece_id, "group": spec.group, "kind": sel.kind,
         "qpm": round(sel.qpm, 2), "window_ql": [round(render_ql[0], 3), round(render_ql[1], 3)],
         "start_ql": round(sel.start_ql, 3), "rt60_s": round(rt60, 3),
-        "wet_db": round(wet_db, 2), "instruments": C.name_voices(sel.instruments),
+        "wet_db": round(wet_db, 2), "instruments": C.name_voices(
+            sel.instruments, [float(n[:, 2].min() + n[:, 2].max()) / 2 for n in performed]),
         "stems": stem_info,
     }
     return final, meta
@@ -878,6 +879,56 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def renumber_voices(root: Path) -> int:
+    """Number the doubled voices of a render made before voices went by register (session 39)
+    as :func:`~training.corpus.name_voices` now does, voice 1 the higher: each such excerpt's
+    folder is rebuilt under the new names (hard links, then swapped in) and the music metadata
+    follows. Scenes give gains per source, not per name, so every reference signal stays as it
+    was; only the names a request uses move. Returns how many excerpts changed; safe to
+    interrupt and run again."""
+    audio = root / "audio"
+    if not (audio.is_dir() and (root / "metadata").is_dir()):
+        raise FileNotFoundError(f"{root}: no audio/ and metadata/ folders: not a render")
+    changed = 0
+    for folder in sorted(p for p in audio.iterdir() if p.name.startswith(".")):
+        music_id = folder.name[1:].split(".renumber")[0].split(".old")[0]
+        if folder.name.endswith(".renumber") and not (audio / music_id).exists():
+            os.replace(folder, audio / music_id)  # interrupted between the two swaps
+        elif folder.name.endswith((".renumber", ".old")):
+            shutil.rmtree(folder)
+    for info_path in sorted(audio.glob("[!.]*/tutti.json")):
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        old = info["instruments"]
+        new = C.name_voices([name.split("_")[0] for name in old],
+                            [sum(stem["pitch_range"]) / 2 for stem in info["stems"]])
+        if new == old:
+            continue
+        folder = info_path.parent
+        renamed = {f"{o}{ext}": f"{n}{ext}" for o, n in zip(old, new, strict=True)
+                   for ext in (".flac", ".txt")}
+        staging = audio / f".{folder.name}.renumber"
+        staging.mkdir()
+        for item in folder.iterdir():
+            if item.name != "tutti.json":
+                os.link(item, staging / renamed.get(item.name, item.name))
+        (staging / "tutti.json").write_text(json.dumps({**info, "instruments": new}, indent=1),
+                                            encoding="utf-8")
+        retired = audio / f".{folder.name}.old"
+        os.replace(folder, retired)
+        os.replace(staging, folder)
+        shutil.rmtree(retired)
+        changed += 1
+    for music_path in sorted((root / "metadata").glob("music.*.json")):
+        music = json.loads(music_path.read_text(encoding="utf-8"))
+        for music_id in music:
+            info = json.loads((audio / music_id / "tutti.json").read_text(encoding="utf-8"))
+            for k, name in enumerate(info["instruments"], 1):
+                music[music_id][f"source_{k}"].update(instrument=name,
+                                                      track=f"{music_id}/{name}.flac")
+        _write_json(music_path, music)
+    return changed
 
 
 # --------------------------------------------------------------------------------------------

@@ -156,6 +156,12 @@ def _kit(args: argparse.Namespace) -> None:
     print("render from the kit with: tutti data render --out ROOT " + " ".join(overrides))
 
 
+def _renumber(args: argparse.Namespace) -> None:
+    from training.render import renumber_voices
+
+    print(f"renumbered the doubled voices of {renumber_voices(args.root)} excerpts")
+
+
 def _train(args: argparse.Namespace) -> None:
     from training.train import load_config, train
 
@@ -293,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("overrides", nargs="*", help="key=value overrides of conf/data.yaml")
     p.set_defaults(func=_kit)
+
+    p = data.add_parser("renumber", help="number doubled voices by register (voice 1 the "
+                        "higher) in a render made before session 39")
+    p.add_argument("root", type=Path, help="dataset root made by `tutti data render`")
+    p.set_defaults(func=_renumber)
 
     p = sub.add_parser("train", help="train a model from a conf/*.yaml config")
     p.add_argument("--config", type=Path, required=True)
