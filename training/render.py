@@ -720,7 +720,7 @@ def render_from_work(work: C.Work, spec: ExcerptSpec, cfg: DictConfig,
         "qpm": round(sel.qpm, 2), "window_ql": [round(render_ql[0], 3), round(render_ql[1], 3)],
         "start_ql": round(sel.start_ql, 3), "rt60_s": round(rt60, 3),
         "wet_db": round(wet_db, 2), "instruments": C.name_voices(
-            sel.instruments, [float(n[:, 2].min() + n[:, 2].max()) / 2 for n in performed]),
+            sel.instruments, [sum(info["pitch_range"]) / 2 for info in stem_info]),
         "stems": stem_info,
     }
     return final, meta
@@ -893,14 +893,14 @@ def renumber_voices(root: Path) -> int:
         raise FileNotFoundError(f"{root}: no audio/ and metadata/ folders: not a render")
     changed = 0
     for folder in sorted(p for p in audio.iterdir() if p.name.startswith(".")):
-        music_id = folder.name[1:].split(".renumber")[0].split(".old")[0]
+        music_id = folder.name[1:].removesuffix(".renumber").removesuffix(".old")
         if folder.name.endswith(".renumber") and not (audio / music_id).exists():
             os.replace(folder, audio / music_id)  # interrupted between the two swaps
         elif folder.name.endswith((".renumber", ".old")):
             shutil.rmtree(folder)
     for info_path in sorted(audio.glob("[!.]*/tutti.json")):
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        old = info["instruments"]
+        old = info["instruments"]  # registers as the renderer gives them
         new = C.name_voices([name.split("_")[0] for name in old],
                             [sum(stem["pitch_range"]) / 2 for stem in info["stems"]])
         if new == old:
