@@ -235,7 +235,7 @@ def exponential_mean(x: Tensor, decay: float, state: Tensor | None = None,
     if n == 0:
         return x, state
     total, weight = state[:, :c, None], state[:, c:, None]
-    size = max(1, min(block, n))
+    size = min(block, n)
     steps = torch.arange(size, dtype=x.dtype, device=x.device)
     powers = decay ** (steps[:, None] - steps[None, :]).clamp(min=0)  # decay^(i-j)
     tri_t = torch.tril(powers).T  # (size, size); a shorter block takes its top-left corner
