@@ -55,13 +55,18 @@ def tone(f0: float, seconds: float, rng: np.random.Generator, pan: float) -> np.
     return np.stack([mono * (1 - pan), mono * pan])
 
 
-def make_root(root: Path, seconds: float = 2.0, seed: int = 0) -> Path:
-    """Write a 2-scene, 2-listener CAD2 ``valid`` split under ``root`` (mixtures at -40 LUFS)."""
+ENSEMBLES = {
+    "quartet_a": [("Violin_1", 440.0), ("Viola", 294.0), ("Cello", 131.0)],
+    "winds_b": [("Flute", 587.0), ("Clarinet", 233.0)],
+}
+
+
+def make_root(root: Path, seconds: float = 2.0, seed: int = 0,
+              ensembles: dict[str, list[tuple[str, float]]] = ENSEMBLES) -> Path:
+    """Write a 2-scene, 2-listener CAD2 ``valid`` split under ``root`` (mixtures at -40 LUFS):
+    ``ensembles`` maps two music ids to their (instrument, lowest f0 in Hz) parts."""
     rng = np.random.default_rng(seed)
-    ensembles = {
-        "quartet_a": [("Violin_1", 440.0), ("Viola", 294.0), ("Cello", 131.0)],
-        "winds_b": [("Flute", 587.0), ("Clarinet", 233.0)],
-    }
+    first, second = ensembles
     meter = pyln.Meter(SAMPLE_RATE)
     music = {}
     for music_id, parts in ensembles.items():
@@ -72,6 +77,8 @@ def make_root(root: Path, seconds: float = 2.0, seed: int = 0) -> Path:
         entry = {}
         for i, ((inst, _), stem) in enumerate(zip(parts, stems, strict=True), 1):
             track = f"{music_id}/{inst}.flac"
+            if any(other == inst for other, _ in parts[:i - 1]):  # a second voice
+                track = f"{music_id}/{inst}_{i}.flac"
             write_audio(root / "audio" / track, stem * scale, SAMPLE_RATE)
             entry[f"source_{i}"] = {"instrument": inst, "track": track, "start": 0.0,
                                     "duration": seconds, "source_dataset": "synthetic"}
@@ -87,8 +94,8 @@ def make_root(root: Path, seconds: float = 2.0, seed: int = 0) -> Path:
             "g1": {"source_1": 6.0, "source_2": 0.0, "source_3": -3.0},
             "g2": {"source_1": -10.0, "source_2": 0.0},
         },
-        scenes={"S50001": {"music": "quartet_a", "gain": "g1"},
-                "S50002": {"music": "winds_b", "gain": "g2"}},
+        scenes={"S50001": {"music": first, "gain": "g1"},
+                "S50002": {"music": second, "gain": "g2"}},
         scene_listeners={"S50001": ["L0001", "N0000"], "S50002": ["L0001"]},
         listeners={"L0001": L0001, "N0000": NORMAL},
         compressor_params={"L0001": L0001_COMPRESSOR, "N0000": NORMAL_COMPRESSOR},

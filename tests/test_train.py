@@ -348,6 +348,36 @@ def test_slot_balanced_sampling(cad2_root: Path) -> None:
     assert ex["presence"].sum() >= 2
 
 
+def test_doubled_voice_practice(tmp_path: Path) -> None:
+    """``p_doubled`` 1 draws only items holding both voices of an instrument and keeps both
+    voices when stems are dropped; 0 leaves draws as they were."""
+    import numpy as np
+
+    from model.cad2 import SLOTS
+    from tests.conftest import make_root
+    from training.dataset import ExampleConfig, RebalanceDataset, doubled_pairs
+
+    assert doubled_pairs({"source_1": "Violin_1", "source_2": "Cello",
+                          "source_3": "Violin_2"}) == [["source_1", "source_3"]]
+    assert doubled_pairs({"source_1": "Violin_1", "source_2": "Viola_1"}) == []
+    root = make_root(tmp_path / "root", seconds=0.5, ensembles={
+        "violins": [("Violin", 440.0), ("Violin", 330.0), ("Cello", 131.0)],
+        "winds": [("Flute", 587.0), ("Clarinet", 233.0)]})
+    voices = [SLOTS.index("Violin_1"), SLOTS.index("Violin_2")]
+
+    def presences(p_doubled: float) -> np.ndarray:
+        config = ExampleConfig(seconds=0.25, p_subset=1.0, p_doubled=p_doubled)
+        dataset = RebalanceDataset([root], "valid", config)
+        rng = np.random.default_rng(0)
+        return np.stack([dataset.example(rng)["presence"].numpy() for _ in range(40)])
+
+    practice, plain = presences(1.0), presences(0.0)
+    assert np.all(practice[:, voices] == 1)
+    assert np.all(practice[:, SLOTS.index("Flute_1")] == 0)
+    assert np.any(plain[:, voices].sum(1) == 1)  # a voice dropped ...
+    assert np.any(plain[:, SLOTS.index("Flute_1")] == 1)  # ... or the other item drawn
+
+
 def test_distillation_trains_towards_the_teacher(cad2_root: Path, tmp_path: Path) -> None:
     """With ``train.teacher`` the training target is the teacher's remix: a student that starts
     as the teacher and does not move (lr 0) has zero training error, while its validation,

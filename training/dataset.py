@@ -49,6 +49,9 @@ class ExampleConfig:
     """Draw a music item with probability proportional to the mean over its slots of
     ``count(slot) ** -balance_slots`` (counts of items per slot in the split): 0 draws items
     uniformly, 1 evens out how often each slot is heard (rare second voices come up more)."""
+    p_doubled: float = 0.0
+    """Share of examples drawn from items holding both voices of an instrument (uniformly among
+    them), with both voices kept when stems are dropped: practice at telling the voices apart."""
 
 
 def approx_lufs(signal: np.ndarray) -> float:
@@ -64,6 +67,14 @@ def cad2_gains(rng: np.random.Generator, n: int) -> np.ndarray:
     changed = rng.choice(n, size=int(rng.integers(1, n)), replace=False) if n > 1 else []
     gains[changed] = rng.choice(GAIN_STEPS_DB, size=len(changed))
     return gains
+
+
+def doubled_pairs(slots: dict[str, str]) -> list[list[str]]:
+    """The source ids of each instrument whose two voices both play (``{source: slot}`` as
+    :meth:`model.cad2.Music.slots`), as ``[[voice 1's source, voice 2's source], ...]``."""
+    by_slot = {slot: source for source, slot in slots.items()}
+    return [[by_slot[slot], by_slot[slot[:-1] + "2"]] for slot in sorted(by_slot)
+            if slot.endswith("_1") and slot[:-1] + "2" in by_slot]
 
 
 def item_probabilities(item_slots: list, balance: float) -> np.ndarray | None:
@@ -106,6 +117,8 @@ class RebalanceDataset(IterableDataset):
         self._pcm: dict[str, np.ndarray] = {}
         self.item_p = item_probabilities([s.music[m].slots().values() for s, m in self.items],
                                          self.config.balance_slots)
+        self.doubled = [i for i, (s, m) in enumerate(self.items)
+                        if doubled_pairs(s.music[m].slots())]
 
     def _info(self, path: Path) -> tuple[int, float]:
         """(frames, sidecar scale) of a track, cached."""
@@ -137,17 +150,26 @@ class RebalanceDataset(IterableDataset):
     def example(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Draw one example."""
         cfg = self.config
-        pick = (rng.integers(len(self.items)) if self.item_p is None
-                else rng.choice(len(self.items), p=self.item_p))
+        doubled = cfg.p_doubled > 0 and bool(self.doubled) and rng.random() < cfg.p_doubled
+        if doubled:
+            pick = self.doubled[rng.integers(len(self.doubled))]
+        else:
+            pick = (rng.integers(len(self.items)) if self.item_p is None
+                    else rng.choice(len(self.items), p=self.item_p))
         split, music_id = self.items[pick]
         music = split.music[music_id]
         slots = music.slots()
         length = int(cfg.seconds * SAMPLE_RATE)
         source_ids = list(music.sources)
+        pair: list[str] = []
+        if doubled:
+            pairs = doubled_pairs(slots)
+            pair = pairs[rng.integers(len(pairs))]
         if len(source_ids) > 2 and rng.random() < cfg.p_subset:
-            keep = int(rng.integers(2, len(source_ids) + 1))
-            source_ids = sorted(rng.choice(source_ids, size=keep, replace=False).tolist(),
-                                key=source_ids.index)
+            keep = int(rng.integers(max(2, len(pair)), len(source_ids) + 1))
+            others = [k for k in source_ids if k not in pair]
+            chosen = pair + rng.choice(others, size=keep - len(pair), replace=False).tolist()
+            source_ids = sorted(chosen, key=source_ids.index)
         paths = [split.audio_dir / music.sources[k].track for k in source_ids]
         total = min(self._info(p)[0] for p in paths)
         start = int(rng.integers(0, max(1, total - length)))

@@ -407,7 +407,7 @@ def train(cfg: DictConfig, progress: bool = True) -> Path:
     if rank == 0 and int(cfg.train.valid_examples) > 0:
         # validation draws items uniformly, whatever the training balance
         valid_set = RebalanceDataset(roots, cfg.data.valid_split,
-                                     dataclasses.replace(ex_cfg, balance_slots=0.0),
+                                     dataclasses.replace(ex_cfg, balance_slots=0.0, p_doubled=0.0),
                                      seed=12345,
                                      pcm_cache=cache)
         valid = fixed_examples(valid_set, int(cfg.train.valid_examples), seed=12345)
