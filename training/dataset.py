@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from model.audio import SAMPLE_RATE, atomic_write, sidecar_scale
-from model.cad2 import GAIN_STEPS_DB, SLOTS, CAD2Split
+from model.cad2 import DOUBLED, GAIN_STEPS_DB, SLOTS, CAD2Split
 from model.hearing_aid import HearingAid, db_to_gain, level_adjustment_db
 
 _HEARING_AID = HearingAid()
@@ -73,8 +73,8 @@ def doubled_pairs(slots: dict[str, str]) -> list[list[str]]:
     """The source ids of each instrument whose two voices both play (``{source: slot}`` as
     :meth:`model.cad2.Music.slots`), as ``[[voice 1's source, voice 2's source], ...]``."""
     by_slot = {slot: source for source, slot in slots.items()}
-    return [[by_slot[slot], by_slot[slot[:-1] + "2"]] for slot in sorted(by_slot)
-            if slot.endswith("_1") and slot[:-1] + "2" in by_slot]
+    return [[by_slot[f"{inst}_1"], by_slot[f"{inst}_2"]] for inst in DOUBLED
+            if f"{inst}_1" in by_slot and f"{inst}_2" in by_slot]
 
 
 def item_probabilities(item_slots: list, balance: float) -> np.ndarray | None:
