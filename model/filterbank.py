@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -219,3 +220,82 @@ class LowDelaySTFT(nn.Module):
         previous = torch.cat([state[..., None, :], second[..., :-1, :]], dim=-2)
         y = (first + previous).flatten(-2)
         return y, second[..., -1, :]
+
+
+class LogFrequencySpectrum(nn.Module):
+    """Causal long-window power spectrum on a log-frequency grid, at the filterbank's hop:
+    ``(B, C, T) -> (B, C, T / hop, pitches)``, streamable (the state keeps the last
+    ``window - hop`` input samples).
+
+    Frame ``j`` ends, as the filterbank's, at input sample ``hop * (j + 1) - 1`` (no sample
+    later), and reads the ``window`` samples up to there through a Hann window scaled to sum to
+    ``window_sum`` (the filterbank analysis window's). Its FFT bins (``sample_rate / window``
+    Hz apart: 10.8 Hz at 4096 samples) are pooled by triangles in log frequency onto
+    ``per_semitone`` points per semitone from MIDI note ``lowest`` to ``highest`` (55 Hz to
+    3.5 kHz by default): fine enough to tell two voices a few semitones apart by their harmonics.
+    """
+
+    def __init__(self, window: int, hop: int, sample_rate: int, gain: float, window_sum: float,
+                 lowest: int = 33, highest: int = 105, per_semitone: int = 2) -> None:
+        super().__init__()
+        if window % hop or window <= hop:
+            raise ValueError(f"the log-frequency window must be a multiple of the hop {hop} "
+                             f"above it, got {window}")
+        self.window, self.hop, self.sample_rate, self.gain = window, hop, sample_rate, gain
+        self.window_sum = window_sum
+        midi = np.arange(lowest * per_semitone, highest * per_semitone + 1) / per_semitone
+        self.centres = 440.0 * 2 ** ((midi - 69) / 12)  # Hz
+        self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    @property
+    def pitches(self) -> int:
+        return len(self.centres)
+
+    def _pooling(self) -> np.ndarray:
+        """``(bins, pitches)``: each point's weights over the FFT bins up to its upper
+        neighbour, a triangle in log frequency (at least linear interpolation where the points
+        are closer than the bins), summing to one."""
+        df = self.sample_rate / self.window
+        log_c = np.log(self.centres)
+        step = log_c[1] - log_c[0]
+        bins = int(np.ceil(self.centres[-1] * np.exp(step) / df)) + 2
+        freqs = np.arange(bins) * df
+        log_f = np.log(np.maximum(freqs, 1e-3))
+        tri = np.clip(1 - np.abs(log_f[:, None] - log_c[None]) / step, 0, None)
+        exact = self.centres / df  # linear interpolation at each centre
+        below = np.floor(exact).astype(int)
+        interp = np.zeros_like(tri)
+        interp[below, np.arange(len(exact))] = 1 - (exact - below)
+        interp[below + 1, np.arange(len(exact))] += exact - below
+        pool = np.maximum(tri / np.maximum(tri.sum(0, keepdims=True), 1e-12), interp)
+        return pool / pool.sum(0, keepdims=True)
+
+    def constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The analysis window ``(window,)`` and pooling ``(bins, pitches)``; kept per dtype and
+        device, except while tracing (as :meth:`LowDelaySTFT.synthesis_basis`)."""
+        key = (dtype, device)
+        if key in self._constants:
+            return self._constants[key]
+        hann = torch.hann_window(self.window, periodic=True, dtype=torch.float64)
+        out = ((hann * self.window_sum / hann.sum()).to(dtype=dtype, device=device),
+               torch.from_numpy(self._pooling()).to(dtype=dtype, device=device))
+        if not torch.compiler.is_compiling():
+            self._constants[key] = out
+        return out
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``log1p(gain**2 * power) / 5`` ``(B, C, T / hop, pitches)`` of ``x (B, C, T)`` (the
+        filterbank's log-power scale); state: past input samples."""
+        if x.shape[-1] % self.hop:
+            raise ValueError(f"length {x.shape[-1]} is not a multiple of the hop {self.hop}")
+        past = self.window - self.hop
+        if state is None:
+            state = x.new_zeros(*x.shape[:-1], past)
+        x = torch.cat([state, x], dim=-1)
+        window, pool = self.constants(x.dtype, x.device)
+        lead = x.shape[:-1]
+        spectra = torch.stft(x.reshape(-1, x.shape[-1]), self.window, self.hop, window=window,
+                             center=False, return_complex=True)  # (N, bins, frames)
+        power = power_spectrum(spectra[:, : pool.shape[0]].transpose(1, 2)) @ pool
+        power = torch.log1p(power * self.gain**2) / 5.0
+        return power.reshape(*lead, *power.shape[-2:]), x[..., x.shape[-1] - past :]

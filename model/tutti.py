@@ -31,6 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from model.cad2 import SLOTS
 from model.filterbank import (
+    LogFrequencySpectrum,
     LowDelaySTFT,
     apply_complex_gain,
     apply_gain,
@@ -77,6 +78,7 @@ class TuttiConfig(PretrainedConfig):
         slot_long_ms: tuple[float, ...] = (),
         slot_recurrent: int = 0,
         slot_attention_ms: float = 0.0,
+        slot_pitch_window: int = 0,
         gain_smooth_ms: float = 0.0,
         min_phase: bool = False,
         dim: int = 128,
@@ -110,6 +112,7 @@ class TuttiConfig(PretrainedConfig):
         self.slot_long_ms = [float(t) for t in slot_long_ms]
         self.slot_recurrent = int(slot_recurrent)
         self.slot_attention_ms = float(slot_attention_ms)
+        self.slot_pitch_window = int(slot_pitch_window)
         self.gain_smooth_ms = float(gain_smooth_ms)
         self.min_phase = bool(min_phase)
         self.dim = dim
@@ -319,11 +322,15 @@ class TuttiModel(PreTrainedModel):
         for name in ("slot_gate", "slot_spectral"):
             if getattr(config, name) and not config.slot_gains:
                 raise ValueError(f"{name} needs slot_gains")
-        for name in ("slot_long_ms", "slot_recurrent", "slot_attention_ms"):
+        for name in ("slot_long_ms", "slot_recurrent", "slot_attention_ms", "slot_pitch_window"):
             if getattr(config, name) and not config.slot_spectral:
                 raise ValueError(f"{name} needs slot_spectral")
         if config.slot_attention_ms < 0:
             raise ValueError(f"slot_attention_ms must be >= 0 ms, got {config.slot_attention_ms}")
+        if config.slot_pitch_window and (config.slot_pitch_window % config.hop
+                                         or config.slot_pitch_window <= config.hop):
+            raise ValueError(f"slot_pitch_window must be a multiple of the hop {config.hop} "
+                             f"above it, got {config.slot_pitch_window}")
         if config.slot_recurrent < 0:
             raise ValueError(f"slot_recurrent must be >= 0 units, got {config.slot_recurrent}")
         if any(t <= 0 for t in config.slot_long_ms):
@@ -397,6 +404,21 @@ class TuttiModel(PreTrainedModel):
                     self.slot_gru_out = nn.Conv1d(r, h, 1)
                     nn.init.zeros_(self.slot_gru_out.weight)
                     nn.init.zeros_(self.slot_gru_out.bias)
+                if config.slot_pitch_window:
+                    # A long-window spectrum of the mid signal on a half-semitone grid (4096
+                    # samples: 10.8 Hz bins), so that two voices of one timbre a few semitones
+                    # apart can be told by their harmonics; causal (each frame ends where the
+                    # filterbank's does). Its projection starts at zero (a model fine-tuned
+                    # from one without it starts where it was).
+                    self.slot_pitch = LogFrequencySpectrum(
+                        config.slot_pitch_window, config.hop, config.sample_rate,
+                        10 ** (config.input_gain_db / 20),
+                        float(self.filterbank.analysis_window.sum()))
+                    self.slot_pitch_in = StreamConv1d(self.slot_pitch.pitches, h,
+                                                      config.slot_context, causal=causal)
+                    self.slot_pitch_out = nn.Conv1d(h, h, 1)
+                    nn.init.zeros_(self.slot_pitch_out.weight)
+                    nn.init.zeros_(self.slot_pitch_out.bias)
                 if config.slot_attention_ms:
                     # Attention over the last ``slot_attention_ms`` of frames (non-causal: that
                     # much either side), FiLM on presence: the frames where each instrument
@@ -533,6 +555,10 @@ class TuttiModel(PreTrainedModel):
         spectra, new_state["fb_in"] = self.filterbank.analyse(mixture, state.get("fb_in"))
         power = torch.log1p(power_spectrum(spectra) * scale**2) / 5.0
         power = rearrange(power, "b c t f -> b (c f) t")
+        if cfg.slot_pitch_window:  # rides with the power spectrum (a network waits for blocks)
+            pitch, new_state["pitch_in"] = self.slot_pitch(mixture.mean(1, keepdim=True),
+                                                           state.get("pitch_in"))
+            power = torch.cat([power, rearrange(pitch, "b c t p -> b (c p) t")], dim=1)
         x = mixture * scale
         if cfg.step != cfg.block:  # the network takes whole blocks; the rest waits in the state
             if "net_x" in state:
@@ -572,9 +598,12 @@ class TuttiModel(PreTrainedModel):
                           internals: dict | None) -> Tensor:
         """The network: natural-log gains ``(B, 2, frames, bins)`` at the filterbank hop from the
         scaled mixture ``x (B, 2, T)`` (T a multiple of ``block``) and its log power spectrum
-        ``power (B, 2 bins, frames)``; reads its stream state from ``state``, writes it to
+        ``power (B, 2 bins, frames)`` (with ``slot_pitch_window``, the log-frequency spectrum's
+        ``pitches`` rows after them); reads its stream state from ``state``, writes it to
         ``new_state``."""
         cfg = self.config
+        if cfg.slot_pitch_window:
+            power, pitch = power.split([2 * self.filterbank.bins, self.slot_pitch.pitches], 1)
         skips = []
         mask_level = cfg.mask_level
         for i, layer in enumerate(self.encoder):
@@ -619,6 +648,10 @@ class TuttiModel(PreTrainedModel):
                     long, new_state["slot_long"] = self._slot_long_context(
                         spectrum_and_features, state.get("slot_long"))
                     features = features + pointwise(self.slot_long_out, long)
+                if cfg.slot_pitch_window:
+                    heard, new_state["slot_pitch"] = self.slot_pitch_in(pitch,
+                                                                        state.get("slot_pitch"))
+                    features = features + pointwise(self.slot_pitch_out, F.gelu(heard))
                 if cfg.slot_recurrent:
                     seq, new_state["slot_gru"] = self.slot_gru(
                         F.gelu(features).transpose(1, 2), state.get("slot_gru"))

@@ -1,5 +1,6 @@
 """Low-delay STFT helpers: the fast power and gain forms equal the plain complex maths; the
-minimum-phase gain keeps its magnitude and is applied more faithfully than a real gain."""
+minimum-phase gain keeps its magnitude and is applied more faithfully than a real gain; the
+log-frequency spectrum finds a tone's pitch, streams exactly and reads no later sample."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from model.filterbank import (
+    LogFrequencySpectrum,
     LowDelaySTFT,
     apply_complex_gain,
     apply_gain,
@@ -168,3 +170,44 @@ def test_reach_applies_a_real_gain_finer() -> None:
     near = _applied_response_error(gain_db, gain)
     reaching = _applied_response_error(gain_db, gain, reach=92)
     assert reaching < 0.5 < 1.0 < near, (reaching, near)
+
+
+def _log_frequency() -> LogFrequencySpectrum:
+    return LogFrequencySpectrum(4096, 64, 44100, gain=30.0, window_sum=500.0)
+
+
+@pytest.mark.parametrize("midi", [45.0, 57.0, 62.5, 81.0])
+def test_log_frequency_spectrum_peaks_at_a_tones_pitch(midi: float) -> None:
+    """A steady tone's frames peak at its point of the half-semitone grid (MIDI 33 up), or
+    (low notes, where the grid is finer than the 10.8 Hz bins) a neighbour; the pooling
+    spreads each point over the FFT bins with weights that sum to one."""
+    spectrum = _log_frequency()
+    pool = spectrum._pooling()
+    assert np.allclose(pool.sum(0), 1.0) and (pool >= 0).all()
+    t = np.arange(64 * 200) / 44100
+    tone = np.sin(2 * np.pi * 440 * 2 ** ((midi - 69) / 12) * t)
+    out, _ = spectrum(torch.from_numpy(0.01 * tone[None, None]).float())
+    assert out.shape == (1, 1, 200, spectrum.pitches)
+    peaks = out[0, 0, 100:].argmax(-1)  # frames whose window lies wholly in the tone
+    assert ((peaks - round(2 * (midi - 33))).abs() <= (1 if midi < 70 else 0)).all(), peaks
+
+
+def test_log_frequency_spectrum_streams_and_reads_no_later_sample() -> None:
+    """Any split of the input (multiples of the hop) gives the one-pass frames; frame ``j``
+    does not change when samples from ``64 * (j + 1)`` on do."""
+    spectrum = _log_frequency()
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 64 * 90)
+    whole, _ = spectrum(x)
+    parts, state = [], None
+    for start, stop in [(0, 64), (64, 64 * 31), (64 * 31, 64 * 33), (64 * 33, 64 * 90)]:
+        part, state = spectrum(x[..., start:stop], state)
+        parts.append(part)
+    assert torch.allclose(torch.cat(parts, dim=2), whole, atol=1e-6)
+    changed = x.clone()
+    changed[..., 64 * 50:] += torch.randn_like(changed[..., 64 * 50:])
+    later, _ = spectrum(changed)
+    assert torch.equal(later[:, :, :50], whole[:, :, :50])
+    assert not torch.allclose(later[:, :, 50], whole[:, :, 50])
+    with pytest.raises(ValueError, match="not a multiple of the hop 64"):
+        spectrum(x[..., :100])

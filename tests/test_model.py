@@ -39,6 +39,8 @@ SLOT_GRU = dict(SLOT_SPECTRAL, slot_recurrent=8)
 """With the slot MLP also reading a GRU over its frames."""
 SLOT_ATTENTION = dict(SLOT_SPECTRAL, slot_attention_ms=20.0)
 """With the slot MLP also reading an attention layer over its last 20 ms of frames."""
+SLOT_PITCH = dict(SLOT_SPECTRAL, slot_pitch_window=512)
+"""With the slot MLP also reading a 512-sample log-frequency spectrum."""
 SLOT_GEOMETRIC = dict(SLOT_BANDS, slot_mean_order=0.0)
 """With the slot gain as the weighted geometric mean of the requested gains."""
 SMOOTH = dict(SLOT_BANDS, gain_smooth_ms=10.0)
@@ -61,12 +63,12 @@ looks no further ahead than a frame's end, which leaves a reach of 92 (look-ahea
 HEAD_LAYOUTS = dict(argnames="layout",
                     argvalues=[SMALL, STATIC_EQ, CONTEXT_EQ, SPECTRAL, SLOT, SLOT_BANDS,
                                SLOT_GATE, SLOT_SPECTRAL, SLOT_LONG, SLOT_GRU, SLOT_ATTENTION,
-                               SMOOTH, MIN_PHASE, LONG_SYNTHESIS, REACH, REACH_AT_HOP,
+                               SLOT_PITCH, SMOOTH, MIN_PHASE, LONG_SYNTHESIS, REACH, REACH_AT_HOP,
                                LAGGED],
                     ids=["default", "static_eq", "context_eq", "spectral", "slot_gains",
                          "slot_bands", "slot_gate", "slot_spectral", "slot_long", "slot_gru",
-                         "slot_attention", "smooth", "min_phase", "long_synthesis", "reach",
-                         "reach_at_hop", "lagged"])
+                         "slot_attention", "slot_pitch", "smooth", "min_phase",
+                         "long_synthesis", "reach", "reach_at_hop", "lagged"])
 LOOKAHEAD = 220  # samples at 44.1 kHz (5 ms)
 
 
@@ -94,6 +96,8 @@ def _model(causal: bool, layout: dict = SMALL) -> TuttiModel:
         torch.nn.init.normal_(model.slot_gru_out.weight, std=0.5)
     if model.config.slot_attention_ms:
         torch.nn.init.normal_(model.slot_attention_out.weight, std=0.5)
+    if model.config.slot_pitch_window:
+        torch.nn.init.normal_(model.slot_pitch_out.weight, std=0.5)
     return model
 
 
@@ -155,6 +159,9 @@ def test_slot_options_need_slot_gains(name: str) -> None:
      r"slot_long_ms must be > 0 ms, got \[100.0, 0.0\]"),
     (dict(SLOT, slot_attention_ms=500.0), "slot_attention_ms needs slot_spectral"),
     (dict(SLOT_SPECTRAL, slot_attention_ms=-5.0), "slot_attention_ms must be >= 0 ms, got -5.0"),
+    (dict(SLOT, slot_pitch_window=4096), "slot_pitch_window needs slot_spectral"),
+    (dict(SLOT_SPECTRAL, slot_pitch_window=1000),
+     "slot_pitch_window must be a multiple of the hop 64 above it, got 1000"),
 ])
 def test_slot_long_context_options_are_checked(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -197,6 +204,22 @@ def test_exponential_mean_streams_exactly() -> None:
         part, state = exponential_mean(x[..., a:b], decay, state, block=16)
         parts.append(part)
     assert torch.allclose(torch.cat(parts, -1), expected, atol=1e-12)
+
+
+def test_pitch_branch_starts_where_its_model_was() -> None:
+    """A model given ``slot_pitch_window`` and the weights of one without it (its new
+    projection at zero) remixes as that one did; with the projection trained, it moves."""
+    mixture, *cond = _inputs()
+    plain = _model(causal=True, layout=SLOT_SPECTRAL)
+    pitched = TuttiModel(TuttiConfig(causal=True, **SLOT_PITCH)).eval()
+    missing, unexpected = pitched.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["slot_pitch_in.conv.bias", "slot_pitch_in.conv.weight",
+                               "slot_pitch_out.bias", "slot_pitch_out.weight"] and not unexpected
+    with torch.no_grad():
+        expected = plain(mixture, *cond)
+        assert torch.equal(pitched(mixture, *cond), expected)
+        torch.nn.init.normal_(pitched.slot_pitch_out.weight, std=0.5)
+        assert (pitched(mixture, *cond) - expected).abs().max() > 1e-3 * expected.abs().max()
 
 
 def test_slot_context_must_be_a_frame_or_more() -> None:

@@ -188,12 +188,14 @@ def test_compiled_slot_long_context_stream_matches_eager(tmp_path: Path) -> None
 @pytest.mark.parametrize(("option", "value", "projection", "seed"), [
     ("slot_recurrent", 8, "slot_gru_out", 7),
     ("slot_attention_ms", 30.0, "slot_attention_out", 8),
-], ids=["gru", "attention"])
+    ("slot_pitch_window", 512, "slot_pitch_out", 9),
+], ids=["gru", "attention", "pitch"])
 def test_compiled_slot_context_stream_matches_eager(tmp_path: Path, option: str, value: float,
                                                     projection: str, seed: int) -> None:
-    """With a slot GRU (``slot_recurrent``) or slot attention (``slot_attention_ms``) the
-    compiled step carries its state (the GRU's hidden state; the attention's keys, full-size
-    from the start) and streams as the eager model does."""
+    """With a slot GRU (``slot_recurrent``), slot attention (``slot_attention_ms``) or the
+    pitch spectrum (``slot_pitch_window``) the compiled step carries its state (the GRU's
+    hidden state; the attention's keys, full-size from the start; the spectrum's past samples)
+    and streams as the eager model does."""
     model = _slotted_model(**{option: value})
     out = getattr(model, projection)
     torch.nn.init.normal_(out.weight, std=0.5)
