@@ -228,21 +228,23 @@ class LogFrequencySpectrum(nn.Module):
     ``window - hop`` input samples).
 
     Frame ``j`` ends, as the filterbank's, at input sample ``hop * (j + 1) - 1`` (no sample
-    later), and reads the ``window`` samples up to there through a Hann window scaled to sum to
-    ``window_sum`` (the filterbank analysis window's). Its FFT bins (``sample_rate / window``
-    Hz apart: 10.8 Hz at 4096 samples) are pooled by triangles in log frequency onto
-    ``per_semitone`` points per semitone from MIDI note ``lowest`` to ``highest`` (55 Hz to
-    3.5 kHz by default): fine enough to tell two voices a few semitones apart by their harmonics.
+    later), and reads the ``window`` samples up to there through a Hann window scaled to the
+    sum of the analysis window of the filterbank ``(window, synthesis, reach)``. Its FFT bins
+    (``sample_rate / window`` Hz apart: 10.8 Hz at 4096 samples) are pooled by triangles in
+    log frequency onto ``per_semitone`` points per semitone from MIDI note ``lowest`` to
+    ``highest`` (55 Hz to 3.5 kHz by default): fine enough to tell two voices a few semitones
+    apart by their harmonics.
     """
 
-    def __init__(self, window: int, hop: int, sample_rate: int, gain: float, window_sum: float,
-                 lowest: int = 33, highest: int = 105, per_semitone: int = 2) -> None:
+    def __init__(self, window: int, hop: int, sample_rate: int, gain: float,
+                 filterbank: tuple[int, int, int], lowest: int = 33, highest: int = 105,
+                 per_semitone: int = 2) -> None:
         super().__init__()
         if window % hop or window <= hop:
             raise ValueError(f"the log-frequency window must be a multiple of the hop {hop} "
                              f"above it, got {window}")
         self.window, self.hop, self.sample_rate, self.gain = window, hop, sample_rate, gain
-        self.window_sum = window_sum
+        self.filterbank = filterbank
         midi = np.arange(lowest * per_semitone, highest * per_semitone + 1) / per_semitone
         self.centres = 440.0 * 2 ** ((midi - 69) / 12)  # Hz
         self._constants: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
@@ -277,7 +279,8 @@ class LogFrequencySpectrum(nn.Module):
         if key in self._constants:
             return self._constants[key]
         hann = torch.hann_window(self.window, periodic=True, dtype=torch.float64)
-        out = ((hann * self.window_sum / hann.sum()).to(dtype=dtype, device=device),
+        reference = low_delay_windows(*self.filterbank)[0].sum()
+        out = ((hann * reference / hann.sum()).to(dtype=dtype, device=device),
                torch.from_numpy(self._pooling()).to(dtype=dtype, device=device))
         if not torch.compiler.is_compiling():
             self._constants[key] = out

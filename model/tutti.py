@@ -413,7 +413,7 @@ class TuttiModel(PreTrainedModel):
                     self.slot_pitch = LogFrequencySpectrum(
                         config.slot_pitch_window, config.hop, config.sample_rate,
                         10 ** (config.input_gain_db / 20),
-                        float(self.filterbank.analysis_window.sum()))
+                        (config.fb_window, config.fb_synthesis, config.fb_reach))
                     self.slot_pitch_in = StreamConv1d(self.slot_pitch.pitches, h,
                                                       config.slot_context, causal=causal)
                     self.slot_pitch_out = nn.Conv1d(h, h, 1)

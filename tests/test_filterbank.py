@@ -173,7 +173,7 @@ def test_reach_applies_a_real_gain_finer() -> None:
 
 
 def _log_frequency() -> LogFrequencySpectrum:
-    return LogFrequencySpectrum(4096, 64, 44100, gain=30.0, window_sum=500.0)
+    return LogFrequencySpectrum(4096, 64, 44100, gain=30.0, filterbank=(1024, 128, 0))
 
 
 @pytest.mark.parametrize("midi", [45.0, 57.0, 62.5, 81.0])

@@ -439,13 +439,16 @@ def test_unit_gain_is_the_level_adjusted_mixture(layout: dict) -> None:
     assert torch.allclose(y, mixture * level, atol=1e-7)
 
 
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = _model(causal=True)
+@pytest.mark.parametrize("layout", [SMALL, SLOT_PITCH], ids=["default", "slot_pitch"])
+def test_save_and_load_round_trip(tmp_path: Path, layout: dict) -> None:
+    """Saved and loaded offline (transformers builds the model on the meta device first)."""
+    model = _model(causal=True, layout=layout)
     model.save_pretrained(tmp_path / "m", safe_serialization=True)
     files = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert files == ["config.json", "model.safetensors"]
     loaded = load_model(tmp_path / "m")
     assert loaded.config.causal and loaded.config.channels == list(SMALL["channels"])
+    assert loaded.config.slot_pitch_window == layout.get("slot_pitch_window", 0)
     mixture, *cond = _inputs(seconds=0.3)
     with torch.no_grad():
         assert torch.equal(model(mixture, *cond), loaded(mixture, *cond))
