@@ -126,6 +126,24 @@ def apply_complex_gain(spectra: Tensor, gain: Tensor) -> Tensor:
     return torch.view_as_complex(torch.stack([re, im], dim=-1))
 
 
+def streamed_stft(x: Tensor, window: Tensor, hop: int, state: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Spectra ``(B, C, T / hop, n / 2 + 1)`` of ``x (B, C, T)`` through ``window (n,)``, frame
+    ``j`` ending at sample ``hop * (j + 1) - 1``; ``state``: the ``n - hop`` input samples
+    before ``x`` (None: zeros), returned for the next call."""
+    if x.shape[-1] % hop:
+        raise ValueError(f"length {x.shape[-1]} is not a multiple of the hop {hop}")
+    past = window.shape[0] - hop
+    if state is None:
+        state = x.new_zeros(*x.shape[:-1], past)
+    x = torch.cat([state, x], dim=-1)
+    lead = x.shape[:-1]
+    spectra = torch.stft(x.reshape(-1, x.shape[-1]), window.shape[0], hop, window=window,
+                         center=False, return_complex=True)  # (N, bins, frames)
+    spectra = spectra.reshape(*lead, *spectra.shape[-2:]).transpose(-1, -2)
+    return spectra, x[..., x.shape[-1] - past :]
+
+
 class LowDelaySTFT(nn.Module):
     """Analysis ``(B, C, T) -> (B, C, T / hop, window / 2 + 1)`` complex and gain-synthesis.
 
@@ -188,18 +206,7 @@ class LowDelaySTFT(nn.Module):
 
     def analyse(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Spectra ``(B, C, T / hop, bins)`` of ``x (B, C, T)``; state: past input samples."""
-        if x.shape[-1] % self.hop:
-            raise ValueError(f"length {x.shape[-1]} is not a multiple of the hop {self.hop}")
-        past = self.window - self.hop
-        if state is None:
-            state = x.new_zeros(*x.shape[:-1], past)
-        x = torch.cat([state, x], dim=-1)
-        lead = x.shape[:-1]
-        spectra = torch.stft(x.reshape(-1, x.shape[-1]), self.window, self.hop,
-                             window=self.analysis_window.to(x.dtype), center=False,
-                             return_complex=True)  # (N, bins, frames)
-        spectra = spectra.reshape(*lead, *spectra.shape[-2:]).transpose(-1, -2)
-        return spectra, x[..., x.shape[-1] - past :]
+        return streamed_stft(x, self.analysis_window.to(x.dtype), self.hop, state)
 
     def synthesise(self, spectra: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Signal ``(B, C, frames * hop)`` delayed by :attr:`delay`, from spectra
@@ -289,16 +296,7 @@ class LogFrequencySpectrum(nn.Module):
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``log1p(gain**2 * power) / 5`` ``(B, C, T / hop, pitches)`` of ``x (B, C, T)`` (the
         filterbank's log-power scale); state: past input samples."""
-        if x.shape[-1] % self.hop:
-            raise ValueError(f"length {x.shape[-1]} is not a multiple of the hop {self.hop}")
-        past = self.window - self.hop
-        if state is None:
-            state = x.new_zeros(*x.shape[:-1], past)
-        x = torch.cat([state, x], dim=-1)
         window, pool = self.constants(x.dtype, x.device)
-        lead = x.shape[:-1]
-        spectra = torch.stft(x.reshape(-1, x.shape[-1]), self.window, self.hop, window=window,
-                             center=False, return_complex=True)  # (N, bins, frames)
-        power = power_spectrum(spectra[:, : pool.shape[0]].transpose(1, 2)) @ pool
-        power = torch.log1p(power * self.gain**2) / 5.0
-        return power.reshape(*lead, *power.shape[-2:]), x[..., x.shape[-1] - past :]
+        spectra, state = streamed_stft(x, window, self.hop, state)
+        power = power_spectrum(spectra[..., : pool.shape[0]]) @ pool
+        return torch.log1p(power * self.gain**2) / 5.0, state
