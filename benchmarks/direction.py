@@ -7,6 +7,11 @@ ensembles), then, for the ensembles of the second voices (voice 1, voice 2 and t
 slot weight each stem's power sees: row = a slot's weight, column = whose stem, the mean of
 the weight over frames and bands weighted by that stem's power; the stems' true shares beside
 it. A second voice whose weight falls on the cello as much as on itself cannot raise its share.
+Last, whether the weights follow the music at all: their distance from the true shares (half
+the L1 distance summed over slots, averaged over frames and bands weighted by the mixture's
+power) beside that of the excerpt's own per-band shares held fixed over time (a hindsight
+reference no causal model can reach; weights that score above it are a band prior, not a
+tracker).
 
 Usage: ``python benchmarks/direction.py [MODEL ...]`` (default: the shipped ``models/*``).
 """
@@ -44,9 +49,10 @@ def direction(model: TuttiModel, stems: dict[str, np.ndarray], slot: str) -> flo
 
 
 def weights_seen(model: TuttiModel, stems: dict[str, np.ndarray], members: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """``(K, K)`` power-weighted mean slot weight (row: slot, column: stem, both in ``members``
-    order) of the model at 0 dB, and the same of the stems' true band shares."""
+    order) of the model at 0 dB, the same of the stems' true band shares, and
+    :func:`tracking` of the weights."""
     mixture, scale = shipped._mixture(stems, members)
     request = Request.from_gains({m: 0.0 for m in members}, **shipped.LISTENER)
     gains, presence, listener = request.tensors()
@@ -65,7 +71,22 @@ def weights_seen(model: TuttiModel, stems: dict[str, np.ndarray], members: list[
     share = power / np.maximum(power.sum(0, keepdims=True), 1e-12)
     seen = [[float((w * p).sum() / p.sum()) for p in power] for w in weights]
     true = [[float((s * p).sum() / p.sum()) for p in power] for s in share]
-    return np.array(seen), np.array(true)
+    return np.array(seen), np.array(true), tracking(weights, power)
+
+
+def tracking(weights: np.ndarray, power: np.ndarray) -> tuple[float, float]:
+    """Distance of ``weights (K, 2, frames, bands)`` from the shares of the stems' ``power``
+    (same shape): half the L1 distance over slots, averaged over ears, frames and bands
+    weighted by the mixture's power; and the same for each band's share over the whole
+    excerpt held fixed in time."""
+    total = power.sum(0)
+    share = power / np.maximum(total, 1e-12)
+    fixed = power.sum(2, keepdims=True) / np.maximum(total.sum(1, keepdims=True), 1e-12)
+
+    def distance(w: np.ndarray) -> float:
+        return float((np.abs(w - share).sum(0) * total).sum() / total.sum() / 2)
+
+    return distance(weights), distance(fixed)
 
 
 def main() -> None:
@@ -84,12 +105,14 @@ def main() -> None:
             continue
         for slot in (s for s in SLOTS if s.endswith("_2")):
             members = shipped._ensemble(slot)
-            seen, true = weights_seen(model, stems, members)
+            seen, true, (moving, fixed) = weights_seen(model, stems, members)
             print(f"  {slot} ensemble {members}: weight (row) seen by each stem's power "
                   "(column), model | true shares")
             for name, row, row_true in zip(members, seen, true, strict=True):
                 print(f"    {name:9s} " + " ".join(f"{v:5.2f}" for v in row) + "  | "
                       + " ".join(f"{v:5.2f}" for v in row_true))
+            print(f"    distance from the true shares: weights {moving:.3f}, "
+                  f"the excerpt's fixed band shares {fixed:.3f}")
 
 
 if __name__ == "__main__":
