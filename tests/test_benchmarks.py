@@ -1,4 +1,5 @@
-"""Benchmark systems whose figures the README quotes: `benchmarks/filterbank_swap.py`."""
+"""Benchmark systems whose figures the README quotes: `benchmarks/filterbank_swap.py` and
+`benchmarks/direction.py`'s tracking figure."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from model.tutti import TuttiConfig, TuttiModel
 from tests.test_model import LONG_HOP, SLOT_BANDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from direction import tracking  # noqa: E402
 from filterbank_swap import GainsThrough, map_frames  # noqa: E402
 
 
@@ -58,3 +60,18 @@ def test_map_frames_aligns_the_centres_of_synthesis_spans() -> None:
     assert mapped[1, -1, 2] == centres[-1]  # past the end: the last source frame
     slower = map_frames(log_gain[:, ::8], 512, 1024, source_hop, source_synthesis, frames * 8)
     torch.testing.assert_close(slower[0, 100:1400, 0], centres[100:1400])
+
+
+def test_tracking_tells_weights_that_follow_the_parts_from_fixed_ones() -> None:
+    """Two stems taking turns in every band: weights equal to their shares are at distance 0;
+    the excerpt's fixed band shares are about half wrong, and as weights score that figure."""
+    rng = np.random.default_rng(0)
+    power = rng.uniform(0.1, 1.0, (2, 2, 40, 5))  # (stems, ears, frames, bands)
+    power[0, :, :20] *= 100.0
+    power[1, :, 20:] *= 100.0
+    moving, fixed = tracking(power / power.sum(0), power)
+    assert moving == pytest.approx(0.0, abs=1e-9)
+    assert 0.4 < fixed < 0.5
+    held = power.sum(2, keepdims=True) / power.sum((0, 2), keepdims=True)
+    assert tracking(np.broadcast_to(held, power.shape), power)[0] == pytest.approx(fixed)
+    assert tracking(np.full(power.shape, 0.5), power)[0] > 0.45  # uniform weights: no better
