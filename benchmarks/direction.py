@@ -10,8 +10,7 @@ it. A second voice whose weight falls on the cello as much as on itself cannot r
 Last, whether the weights follow the music at all: their distance from the true shares (half
 the L1 distance summed over slots, averaged over frames and bands weighted by the mixture's
 power) beside that of the excerpt's own per-band shares held fixed over time (a hindsight
-reference no causal model can reach; weights that score above it are a band prior, not a
-tracker).
+reference for a causal model; weights well above it hardly follow the parts).
 
 Usage: ``python benchmarks/direction.py [MODEL ...]`` (default: the shipped ``models/*``).
 """
